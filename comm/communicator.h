@@ -1,0 +1,53 @@
+// Moves buffers between the ranks of one data-parallel job. The trainer holds a Communicator
+// and never asks which one: MpiCommunicator reduces host memory (the CPU backend),
+// NcclCommunicator reduces device memory (the CUDA backend). Host-side scalars (losses,
+// counters, flags) always go through the *_host calls, which use MPI in both.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace llmqs::comm {
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual const char* name() const = 0;
+  virtual int rank() const = 0;
+  virtual int world_size() const = 0;
+  virtual int local_rank() const = 0;  // rank among the processes on this host (picks the GPU)
+
+  // In place: data[i] = sum over ranks of data[i]. `data` lives where the backend keeps its
+  // gradients (host for mpi, device for nccl).
+  virtual void all_reduce_sum(float* data, size_t count) = 0;
+  // In place broadcast of `bytes` bytes of backend memory from `root`.
+  virtual void broadcast(void* data, size_t bytes, int root) = 0;
+
+  // Host memory, always through MPI.
+  virtual void all_reduce_sum_host(double* data, size_t count) = 0;
+  virtual void all_reduce_sum_host(int64_t* data, size_t count) = 0;
+  virtual void broadcast_host(void* data, size_t bytes, int root) = 0;
+  virtual void barrier() = 0;
+};
+
+// MPI must be initialised first (see MpiSession). Never null.
+std::unique_ptr<Communicator> make_mpi_communicator();
+
+// RAII MPI_Init / MPI_Finalize; safe for single-process runs started without mpirun.
+class MpiSession {
+ public:
+  MpiSession(int* argc, char*** argv);
+  ~MpiSession();
+  MpiSession(const MpiSession&) = delete;
+  MpiSession& operator=(const MpiSession&) = delete;
+  int rank() const { return rank_; }
+  int world_size() const { return world_size_; }
+  std::string host() const;
+
+ private:
+  int rank_ = 0;
+  int world_size_ = 1;
+};
+
+}  // namespace llmqs::comm

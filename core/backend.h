@@ -1,0 +1,78 @@
+// A Backend owns one replica of the model on one device: fp32 master parameters, gradients,
+// AdamW moments and whatever activations a step needs. The trainer drives it through this
+// interface and never asks which one it has (ggml-style): `cpu` is the fp32 reference and
+// test oracle, `cuda` is the product.
+//
+// Parameter order and offsets come from ParameterLayout (core/parameters.h): the flat
+// buffers exchanged here (parameters, moments) follow that layout exactly.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/model_config.h"
+#include "core/parameters.h"
+#include "data/batch.h"
+
+namespace llmqs::core {
+
+// Keys the counter-based dropout generator, so that the CPU and CUDA backends draw identical
+// masks: (seed, step, rank, micro_step) + the tensor id and element index inside the kernels.
+struct DropoutKey {
+  uint64_t seed = 0;
+  uint64_t step = 0;        // optimizer step (0-based) the micro-batch belongs to
+  uint32_t rank = 0;
+  uint32_t micro_step = 0;  // index inside gradient accumulation
+  bool enabled = true;      // false: evaluation / dropout-free parity runs
+};
+
+// Sums over the rows of one batch (divide by rows for means).
+struct BatchStats {
+  double loss_sum = 0.0;  // sum of per-row cross-entropy
+  int64_t correct = 0;    // rows whose argmax equals the label
+  int64_t rows = 0;
+};
+
+struct AdamWHyper {
+  float lr = 5e-5f;
+  float beta1 = 0.9f;
+  float beta2 = 0.999f;
+  float eps = 1e-8f;
+  float weight_decay = 0.0f;  // applied only to parameters with ParameterInfo::weight_decay
+  float grad_scale = 1.0f;    // gradients are multiplied by this first (clipping, unscaling)
+  int64_t step = 1;           // 1-based AdamW step for bias correction
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  virtual const BertConfig& config() const = 0;
+  virtual const ParameterLayout& layout() const = 0;
+
+  // Flat fp32 buffers in layout order, always host memory on this side.
+  virtual void set_parameters(const float* host) = 0;
+  virtual void get_parameters(float* host) const = 0;
+  virtual void set_optimizer_state(const float* m_host, const float* v_host) = 0;
+  virtual void get_optimizer_state(float* m_host, float* v_host) const = 0;
+  virtual void get_gradients(float* host) const = 0;
+
+  virtual void zero_gradients() = 0;
+  // Forward and backward of one micro-batch. Adds d(loss_weight * sum_rows CE)/d(params) into
+  // the gradient buffer (so accumulation and rank averaging are just a choice of weight).
+  virtual BatchStats forward_backward(const data::Batch& batch, float loss_weight,
+                                      const DropoutKey& dropout) = 0;
+  // Forward only, dropout off. logits_host (rows x num_labels) may be null.
+  virtual BatchStats forward(const data::Batch& batch, float* logits_host) = 0;
+
+  // The buffer the Communicator all-reduces (host for cpu, device for cuda), layout order.
+  virtual float* gradient_buffer() = 0;
+  // sum of squares of the gradient buffer, in double on the host.
+  virtual double gradient_sq_norm() = 0;
+  // One AdamW update over every parameter (torch.optim.AdamW semantics, decoupled decay).
+  virtual void adamw_step(const AdamWHyper& hyper) = 0;
+};
+
+}  // namespace llmqs::core
