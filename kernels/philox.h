@@ -1,0 +1,101 @@
+// Counter-based random numbers for dropout: Philox4x32-10 (Salmon et al., SC'11, "Parallel
+// random numbers: as easy as 1, 2, 3"), usable from host C++ and CUDA device code, so that the
+// CPU reference and the CUDA kernels draw bit-identical dropout masks with no stored state.
+//
+// One Philox call maps (key, 128-bit counter) to four 32-bit words. Dropout layout:
+//   key      k0 = low 32 bits of seed, k1 = high 32 bits of seed
+//   counter  c0 = low 32 bits of (element >> 2)        element = flat index inside the tensor
+//            c1 = tensor_id                             the dropout site, see bert_dropout_tensor_id
+//            c2 = low 32 bits of step                   optimizer step (0-based)
+//            c3 = (rank & 0xFFFF) << 16 | (micro_step & 0xFFFF)
+//   word     element & 3 of the four outputs
+//   uniform  (word >> 8) * 2^-24, a float in [0, 1) that is exact in float and double
+//   keep     uniform >= p; kept values are multiplied by 1 / (1 - p) (computed in the scalar type)
+// So element e of a tensor uses output word e % 4 of the call with c0 = e / 4: a CUDA thread
+// that owns four consecutive elements needs a single Philox call. Limits: 2^34 elements per
+// tensor, 2^32 steps, 65536 ranks and micro-steps (wrap-around repeats masks, nothing worse).
+//
+// BERT dropout sites (tensor ids, shared by every backend):
+//   0                      embeddings output (after the embeddings LayerNorm)
+//   1                      pooled output, before the classifier
+//   8 * (layer + 1) + 0    attention probabilities, element ((row * heads + head) * seq + query) * seq + key
+//   8 * (layer + 1) + 1    attention output dense, before the residual add; element token * hidden + channel
+//   8 * (layer + 1) + 2    feed-forward output dense, before the residual add; same indexing
+// Hidden-state sites index [rows x seq_len x hidden] row-major (token = row * seq_len + position);
+// the pooled site indexes [rows x hidden].
+#pragma once
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define LLMQS_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define LLMQS_HOST_DEVICE inline
+#endif
+
+namespace llmqs::kernels {
+
+struct Philox4x32 {
+  uint32_t v[4];
+};
+
+LLMQS_HOST_DEVICE uint32_t philox_mulhi(uint32_t a, uint32_t b) {
+  return static_cast<uint32_t>((static_cast<uint64_t>(a) * b) >> 32);
+}
+
+// Philox4x32 with 10 rounds; matches the Random123 known-answer vectors (tests/kernels_cpu_test.cpp).
+LLMQS_HOST_DEVICE Philox4x32 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
+                                           uint32_t k0, uint32_t k1) {
+  constexpr uint32_t kMul0 = 0xD2511F53u, kMul1 = 0xCD9E8D57u;
+  constexpr uint32_t kWeyl0 = 0x9E3779B9u, kWeyl1 = 0xBB67AE85u;
+  for (int round = 0; round < 10; ++round) {
+    const uint32_t hi0 = philox_mulhi(kMul0, c0), lo0 = kMul0 * c0;
+    const uint32_t hi1 = philox_mulhi(kMul1, c2), lo1 = kMul1 * c2;
+    const uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
+    c0 = n0;
+    c1 = lo1;
+    c2 = n2;
+    c3 = lo0;
+    k0 += kWeyl0;
+    k1 += kWeyl1;
+  }
+  return Philox4x32{{c0, c1, c2, c3}};
+}
+
+// Everything that selects one dropout mask; p = 0 keeps every element (dropout off).
+struct DropoutSite {
+  uint64_t seed = 0;
+  uint64_t step = 0;
+  uint32_t rank = 0;
+  uint32_t micro_step = 0;
+  uint32_t tensor_id = 0;
+  float p = 0.0f;
+};
+
+LLMQS_HOST_DEVICE float uniform_from_word(uint32_t word) {
+  return static_cast<float>(word >> 8) * (1.0f / 16777216.0f);
+}
+
+// The four uniforms of elements 4 * group .. 4 * group + 3.
+LLMQS_HOST_DEVICE Philox4x32 dropout_words(const DropoutSite& site, uint64_t group) {
+  return philox4x32_10(static_cast<uint32_t>(group), site.tensor_id, static_cast<uint32_t>(site.step),
+                       ((site.rank & 0xFFFFu) << 16) | (site.micro_step & 0xFFFFu),
+                       static_cast<uint32_t>(site.seed), static_cast<uint32_t>(site.seed >> 32));
+}
+
+LLMQS_HOST_DEVICE float dropout_uniform(const DropoutSite& site, uint64_t element) {
+  return uniform_from_word(dropout_words(site, element >> 2).v[element & 3]);
+}
+
+LLMQS_HOST_DEVICE bool dropout_keep(const DropoutSite& site, uint64_t element) {
+  return site.p <= 0.0f || dropout_uniform(site, element) >= site.p;
+}
+
+constexpr uint32_t kEmbeddingDropoutId = 0;
+constexpr uint32_t kPooledDropoutId = 1;
+enum class LayerDropoutSite : uint32_t { kAttentionProbs = 0, kAttentionOutput = 1, kFeedForwardOutput = 2 };
+
+LLMQS_HOST_DEVICE uint32_t bert_dropout_tensor_id(int layer, LayerDropoutSite site) {
+  return 8u * static_cast<uint32_t>(layer + 1) + static_cast<uint32_t>(site);
+}
+
+}  // namespace llmqs::kernels
