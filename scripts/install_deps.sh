@@ -30,7 +30,7 @@ fi
 # Debian's own python3 refuses pip installs into it unless told (PEP 668); these are test tools.
 export PIP_BREAK_SYSTEM_PACKAGES=1
 py_missing=()
-python3 -c "import tokenizers" 2>/dev/null || py_missing+=(tokenizers)
+python3 -c "import tokenizers; assert tokenizers.__version__ == '0.23.3'" 2>/dev/null || py_missing+=(tokenizers==0.23.3)
 python3 -c "import numpy" 2>/dev/null || py_missing+=(numpy)
 python3 -c "import h5py" 2>/dev/null || py_missing+=(h5py)
 python3 -c "import tensorboard" 2>/dev/null || py_missing+=(tensorboard)
