@@ -1,0 +1,83 @@
+// NcclCommunicator: ncclAllReduce / ncclBroadcast on device memory, MPI for host buffers.
+// Every CUDA, NCCL and MPI call is checked; failures name the call, the rank and the host.
+#include "comm/nccl_communicator.h"
+
+#include <mpi.h>
+#include <nccl.h>
+#include <unistd.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cuda_check.h"
+
+namespace llmqs::comm {
+
+namespace {
+
+std::string host_name() {
+  char name[256] = {0};
+  gethostname(name, sizeof(name) - 1);
+  return name;
+}
+
+class NcclCommunicator final : public Communicator {
+ public:
+  explicit NcclCommunicator(cudaStream_t stream) : stream_(stream), host_(make_mpi_communicator()) {
+    rank_ = host_->rank();
+    size_ = host_->world_size();
+    kernels::set_cuda_error_context(rank_, host_name());
+    int devices = 0;
+    const cudaError_t status = cudaGetDeviceCount(&devices);
+    if (status != cudaSuccess || devices == 0)
+      throw std::runtime_error("rank " + std::to_string(rank_) + " on " + host_name() +
+                               ": no CUDA device visible (cudaGetDeviceCount: " +
+                               (status != cudaSuccess ? cudaGetErrorString(status) : "0 devices") +
+                               "); use device=cpu or check CUDA_VISIBLE_DEVICES");
+    device_ = host_->local_rank() % devices;
+    CUDA_CHECK(cudaSetDevice(device_));
+    ncclUniqueId id;
+    if (rank_ == 0) NCCL_CHECK(ncclGetUniqueId(&id));
+    host_->broadcast_host(&id, sizeof(id), 0);
+    NCCL_CHECK(ncclCommInitRank(&comm_, size_, id, rank_));
+  }
+
+  ~NcclCommunicator() override {
+    if (comm_) ncclCommDestroy(comm_);
+  }
+
+  const char* name() const override { return "nccl"; }
+  int rank() const override { return rank_; }
+  int world_size() const override { return size_; }
+  int local_rank() const override { return host_->local_rank(); }
+
+  void all_reduce_sum(float* data, size_t count) override {
+    if (size_ == 1 || count == 0) return;
+    NCCL_CHECK(ncclAllReduce(data, data, count, ncclFloat32, ncclSum, comm_, stream_));
+  }
+  void broadcast(void* data, size_t bytes, int root) override {
+    if (size_ == 1 || bytes == 0) return;
+    NCCL_CHECK(ncclBroadcast(data, data, bytes, ncclUint8, root, comm_, stream_));
+  }
+  void all_reduce_sum_host(double* data, size_t count) override { host_->all_reduce_sum_host(data, count); }
+  void all_reduce_sum_host(int64_t* data, size_t count) override { host_->all_reduce_sum_host(data, count); }
+  void broadcast_host(void* data, size_t bytes, int root) override { host_->broadcast_host(data, bytes, root); }
+  void barrier() override {
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    host_->barrier();
+  }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<Communicator> host_;  // MPI, for host buffers and the unique id
+  int rank_ = 0, size_ = 1, device_ = 0;
+  ncclComm_t comm_ = nullptr;
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_nccl_communicator(cudaStream_t stream) {
+  return std::make_unique<NcclCommunicator>(stream);
+}
+
+}  // namespace llmqs::comm

@@ -1,0 +1,499 @@
+// The `cuda` backend (see cuda_backend.h): BertForSequenceClassification on one GPU, composed
+// from kernels/cuda_kernels.h and cuBLASLt products exactly as core/bert_cpu_model.h composes
+// the CPU kernels, with the same dropout sites (kernels/philox.h), so both backends compute
+// the same function and the tests can compare every gradient.
+//
+// Per micro-batch (N = rows x seq tokens, C hidden, I intermediate, all on one stream):
+//   forward   embeddings -> LN (+dropout 0) -> L x [Q,K,V GEMMs, attention, O GEMM,
+//             dropout+residual+LN, FFN1 GEMM (bias epilogue), GELU, FFN2 GEMM, dropout+residual+LN]
+//             -> pooler GEMM on the [CLS] rows (lda = seq x C, no gather) -> tanh -> dropout 1
+//             -> classifier GEMM (fp32 logits) -> fused softmax cross-entropy (+ dlogits)
+//   backward  the same in reverse; weight gradients are GEMMs that accumulate (beta = 1) straight
+//             into the fp32 gradient buffer, bias/LayerNorm gradients deterministic column sums,
+//             the word-embedding gradient one block per vocabulary row (no atomics anywhere).
+// The host synchronises once per micro-batch, to read the per-row losses and predictions.
+#include "core/cuda_backend.h"
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "core/device_memory.h"
+#include "core/parameters.h"
+#include "kernels/cuda_check.h"
+#include "kernels/cuda_kernels.h"
+#include "kernels/matmul_cublaslt.h"
+#include "kernels/philox.h"
+
+namespace llmqs::core {
+
+namespace cu = kernels::cuda;
+using kernels::DType;
+using kernels::DropoutSite;
+
+bool cuda_device_available(std::string* why) {
+  int count = 0;
+  const cudaError_t status = cudaGetDeviceCount(&count);
+  if (status != cudaSuccess || count == 0) {
+    if (why) *why = status != cudaSuccess ? cudaGetErrorString(status) : "cudaGetDeviceCount returned 0 devices";
+    cudaGetLastError();  // clear the sticky-free error so later calls start clean
+    return false;
+  }
+  return true;
+}
+
+std::string resolve_cuda_precision(const std::string& precision, int device) {
+  cudaDeviceProp prop{};
+  CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  const int sm = prop.major * 10 + prop.minor;
+  const std::string where = std::string(prop.name) + " (sm_" + std::to_string(sm) + ")";
+  if (precision == "auto") return sm >= 80 ? "bf16" : "fp16";
+  if (precision == "fp32" || precision == "tf32") {
+    if (precision == "tf32" && sm < 80) throw std::invalid_argument("precision: tf32 needs sm_80 or newer; " + where);
+    return precision;
+  }
+  if (precision == "bf16") {
+    if (sm < 80) throw std::invalid_argument("precision: bf16 needs sm_80 or newer, " + where + " has none; use fp16 or auto");
+    return precision;
+  }
+  if (precision == "fp16") {
+    if (sm < 70) throw std::invalid_argument("precision: fp16 tensor cores need sm_70 or newer; " + where);
+    return precision;
+  }
+  throw std::invalid_argument("precision: unknown value '" + precision + "' (expected auto, bf16, fp16, fp32, tf32)");
+}
+
+namespace {
+
+// Element offsets of one layer's parameters in the flat buffer.
+struct LayerParams {
+  size_t q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b, ln1_g, ln1_b, i_w, i_b, f_w, f_b, ln2_g, ln2_b;
+};
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(const BertConfig& config, const std::string& precision, int max_rows, int max_seq_len)
+      : config_(config), layout_(ParameterLayout::for_bert(config)) {
+    config_.validate();
+    std::string why;
+    if (!cuda_device_available(&why)) throw std::runtime_error("no CUDA device: " + why);
+    CUDA_CHECK(cudaGetDevice(&device_));
+    precision_ = resolve_cuda_precision(precision, device_);
+    type_ = precision_ == "bf16" ? DType::kBF16 : precision_ == "fp16" ? DType::kF16 : DType::kF32;
+    if (max_seq_len > config_.max_position_embeddings)
+      throw std::invalid_argument("max_seq_len " + std::to_string(max_seq_len) + " exceeds max_position_embeddings " +
+                                  std::to_string(config_.max_position_embeddings));
+    plan_ = plan_device_memory(config_, max_rows, max_seq_len, precision_);
+    size_t free_bytes = 0, total_bytes = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    check_device_memory_fits(config_, max_rows, max_seq_len, precision_, free_bytes);
+    CUDA_CHECK(cudaMalloc(&arena_, plan_.arena_bytes));
+    CUDA_CHECK(cudaStreamCreate(&stream_));
+    matmul_ = std::make_unique<cu::MatmulContext>(arena_ + plan_.matmul_workspace, plan_.matmul_workspace_bytes,
+                                                  precision_ == "tf32");
+    auto off = [&](const std::string& name) { return layout_.find(name).offset; };
+    word_ = off("bert.embeddings.word_embeddings.weight");
+    position_ = off("bert.embeddings.position_embeddings.weight");
+    token_type_ = off("bert.embeddings.token_type_embeddings.weight");
+    ln0_g_ = off("bert.embeddings.LayerNorm.weight");
+    ln0_b_ = off("bert.embeddings.LayerNorm.bias");
+    for (int l = 0; l < config_.num_hidden_layers; ++l) {
+      const std::string p = "bert.encoder.layer." + std::to_string(l) + ".";
+      LayerParams lp;
+      lp.q_w = off(p + "attention.self.query.weight");
+      lp.q_b = off(p + "attention.self.query.bias");
+      lp.k_w = off(p + "attention.self.key.weight");
+      lp.k_b = off(p + "attention.self.key.bias");
+      lp.v_w = off(p + "attention.self.value.weight");
+      lp.v_b = off(p + "attention.self.value.bias");
+      lp.o_w = off(p + "attention.output.dense.weight");
+      lp.o_b = off(p + "attention.output.dense.bias");
+      lp.ln1_g = off(p + "attention.output.LayerNorm.weight");
+      lp.ln1_b = off(p + "attention.output.LayerNorm.bias");
+      lp.i_w = off(p + "intermediate.dense.weight");
+      lp.i_b = off(p + "intermediate.dense.bias");
+      lp.f_w = off(p + "output.dense.weight");
+      lp.f_b = off(p + "output.dense.bias");
+      lp.ln2_g = off(p + "output.LayerNorm.weight");
+      lp.ln2_b = off(p + "output.LayerNorm.bias");
+      layers_.push_back(lp);
+    }
+    pool_w_ = off("bert.pooler.dense.weight");
+    pool_b_ = off("bert.pooler.dense.bias");
+    cls_w_ = off("classifier.weight");
+    cls_b_ = off("classifier.bias");
+
+    std::vector<float> init(layout_.total_numel());
+    init_bert_parameters(config_, layout_, 0, init.data());
+    set_parameters(init.data());
+    CUDA_CHECK(cudaMemsetAsync(arena_ + plan_.adam_m, 0, bytes(), stream_));
+    CUDA_CHECK(cudaMemsetAsync(arena_ + plan_.adam_v, 0, bytes(), stream_));
+    zero_gradients();
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  ~CudaBackend() override {
+    matmul_.reset();
+    if (stream_) cudaStreamDestroy(stream_);
+    if (arena_) cudaFree(arena_);
+  }
+
+  std::string name() const override { return "cuda"; }
+  const BertConfig& config() const override { return config_; }
+  const ParameterLayout& layout() const override { return layout_; }
+
+  void set_parameters(const float* host) override {
+    CUDA_CHECK(cudaMemcpyAsync(params(), host, bytes(), cudaMemcpyHostToDevice, stream_));
+    if (type_ != DType::kF32)
+      cu::convert(arena_ + plan_.params_low, type_, params(), DType::kF32, layout_.total_numel(), stream_);
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void get_parameters(float* host) const override { download(host, plan_.params); }
+  void set_optimizer_state(const float* m_host, const float* v_host) override {
+    CUDA_CHECK(cudaMemcpyAsync(arena_ + plan_.adam_m, m_host, bytes(), cudaMemcpyHostToDevice, stream_));
+    CUDA_CHECK(cudaMemcpyAsync(arena_ + plan_.adam_v, v_host, bytes(), cudaMemcpyHostToDevice, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void get_optimizer_state(float* m_host, float* v_host) const override {
+    download(m_host, plan_.adam_m);
+    download(v_host, plan_.adam_v);
+  }
+  void get_gradients(float* host) const override { download(host, plan_.grads); }
+  void zero_gradients() override { CUDA_CHECK(cudaMemsetAsync(grads(), 0, bytes(), stream_)); }
+
+  BatchStats forward_backward(const data::Batch& batch, float loss_weight, const DropoutKey& dropout) override {
+    if (batch.labels.size() != static_cast<size_t>(batch.rows))
+      throw std::invalid_argument("forward_backward: the batch needs one label per row");
+    upload(batch, true);
+    run_forward(dropout, true, loss_weight);
+    run_backward();
+    return read_stats(batch, nullptr);
+  }
+
+  BatchStats forward(const data::Batch& batch, float* logits_host) override {
+    upload(batch, false);
+    DropoutKey off;
+    off.enabled = false;
+    run_forward(off, false, 0.0f);
+    return read_stats(batch, logits_host);
+  }
+
+  float* gradient_buffer() override { return grads(); }
+  double gradient_sq_norm() override {
+    return cu::sum_of_squares(grads(), layout_.total_numel(), reinterpret_cast<double*>(arena_ + plan_.grad_norm_partial),
+                              stream_);
+  }
+
+  void adamw_step(const AdamWHyper& hyper) override {
+    if (hyper.step < 1) throw std::invalid_argument("adamw_step: step is 1-based, got " + std::to_string(hyper.step));
+    cu::AdamWScalars s;
+    s.lr = hyper.lr;
+    s.beta1 = hyper.beta1;
+    s.beta2 = hyper.beta2;
+    s.eps = hyper.eps;
+    s.grad_scale = hyper.grad_scale;
+    s.step = hyper.step;
+    const bool low = type_ != DType::kF32;
+    for (const ParameterInfo& p : layout_.parameters()) {
+      s.weight_decay = p.weight_decay ? hyper.weight_decay : 0.0f;
+      cu::adamw_update(params() + p.offset, grads() + p.offset, f32(plan_.adam_m) + p.offset,
+                       f32(plan_.adam_v) + p.offset, p.numel, s, low ? low_weight(p.offset) : nullptr, type_, stream_);
+    }
+  }
+
+ private:
+  size_t bytes() const { return layout_.total_numel() * sizeof(float); }
+  float* f32(size_t offset) const { return reinterpret_cast<float*>(arena_ + offset); }
+  int32_t* i32(size_t offset) const { return reinterpret_cast<int32_t*>(arena_ + offset); }
+  void* act(size_t offset) const { return arena_ + offset; }
+  float* params() const { return f32(plan_.params); }
+  float* grads() const { return f32(plan_.grads); }
+  const float* P(size_t element) const { return params() + element; }
+  float* G(size_t element) const { return grads() + element; }
+  // The copy of a parameter the matmuls read (the fp32 master itself in fp32 runs).
+  void* low_weight(size_t element) const {
+    return arena_ + plan_.params_low + element * kernels::dtype_bytes(type_);
+  }
+  float* scratch() const { return f32(plan_.reduce_scratch); }
+
+  void download(float* host, size_t offset) const {
+    CUDA_CHECK(cudaMemcpyAsync(host, arena_ + offset, bytes(), cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  DropoutSite site(uint32_t tensor_id, float p) const {
+    DropoutSite s;
+    s.seed = key_.seed;
+    s.step = key_.step;
+    s.rank = key_.rank;
+    s.micro_step = key_.micro_step;
+    s.tensor_id = tensor_id;
+    s.p = key_.enabled ? p : 0.0f;
+    return s;
+  }
+  DropoutSite layer_site(int layer, kernels::LayerDropoutSite which, float p) const {
+    return site(kernels::bert_dropout_tensor_id(layer, which), p);
+  }
+
+  // Checks the batch as the CPU model does (same messages) and copies it to the device.
+  void upload(const data::Batch& batch, bool training) {
+    const int rows = batch.rows, seq = batch.seq_len;
+    if (rows <= 0 || seq <= 0) throw std::invalid_argument("batch: rows and seq_len must be positive");
+    if (rows > plan_.rows || seq > plan_.seq)
+      throw std::invalid_argument("batch: " + std::to_string(rows) + " rows x " + std::to_string(seq) +
+                                  " tokens exceeds the CUDA backend's arena (" + std::to_string(plan_.rows) + " x " +
+                                  std::to_string(plan_.seq) + "); create the backend with the largest batch");
+    if (batch.input_ids.size() != static_cast<size_t>(rows) * seq || batch.lengths.size() != static_cast<size_t>(rows))
+      throw std::invalid_argument("batch: input_ids must hold rows x seq_len ids and lengths one per row");
+    if (!batch.labels.empty() && batch.labels.size() != static_cast<size_t>(rows))
+      throw std::invalid_argument("batch: labels must hold one label per row (or none)");
+    for (int r = 0; r < rows; ++r) {
+      if (batch.lengths[r] < 1 || batch.lengths[r] > seq)
+        throw std::invalid_argument("batch row " + std::to_string(r) + ": length " + std::to_string(batch.lengths[r]) +
+                                    " outside [1, " + std::to_string(seq) + "]");
+      if (!batch.labels.empty() && (batch.labels[r] < 0 || batch.labels[r] >= config_.num_labels))
+        throw std::invalid_argument("batch row " + std::to_string(r) + ": label " + std::to_string(batch.labels[r]) +
+                                    " outside [0, " + std::to_string(config_.num_labels) + ")");
+      for (int s = 0; s < seq; ++s) {
+        const int32_t id = batch.input_ids[static_cast<size_t>(r) * seq + s];
+        if (id < 0 || id >= config_.vocab_size)
+          throw std::invalid_argument("batch row " + std::to_string(r) + " position " + std::to_string(s) + ": token id " +
+                                      std::to_string(id) + " outside the vocabulary of " +
+                                      std::to_string(config_.vocab_size));
+      }
+    }
+    rows_ = rows;
+    seq_ = seq;
+    has_labels_ = !batch.labels.empty();
+    CUDA_CHECK(cudaMemcpyAsync(i32(plan_.ids), batch.input_ids.data(), batch.input_ids.size() * 4,
+                               cudaMemcpyHostToDevice, stream_));
+    CUDA_CHECK(cudaMemcpyAsync(i32(plan_.lengths), batch.lengths.data(), rows * 4, cudaMemcpyHostToDevice, stream_));
+    if (has_labels_)
+      CUDA_CHECK(cudaMemcpyAsync(i32(plan_.labels), batch.labels.data(), rows * 4, cudaMemcpyHostToDevice, stream_));
+    if (training) {
+      groups_ = cu::group_tokens_by_id(batch.input_ids.data(), static_cast<int64_t>(rows) * seq, config_.pad_token_id);
+      CUDA_CHECK(cudaMemcpyAsync(i32(plan_.group_token), groups_.token.data(), groups_.token.size() * 4,
+                                 cudaMemcpyHostToDevice, stream_));
+      CUDA_CHECK(cudaMemcpyAsync(i32(plan_.group_offset), groups_.offset.data(), groups_.offset.size() * 4,
+                                 cudaMemcpyHostToDevice, stream_));
+      CUDA_CHECK(cudaMemcpyAsync(i32(plan_.group_position), groups_.position.data(), groups_.position.size() * 4,
+                                 cudaMemcpyHostToDevice, stream_));
+    }
+  }
+
+  cu::AttentionScratch attention_scratch() const {
+    cu::AttentionScratch s;
+    s.q_heads = act(plan_.att_q);
+    s.k_heads = act(plan_.att_k);
+    s.v_heads = act(plan_.att_v);
+    s.ctx_heads = act(plan_.att_ctx);
+    s.dq_heads = act(plan_.att_dq);
+    s.dk_heads = act(plan_.att_dk);
+    s.dv_heads = act(plan_.att_dv);
+    s.scores = f32(plan_.att_scores);
+    s.dropped = act(plan_.att_dropped);
+    return s;
+  }
+
+  const void* layer_input(int l) const { return l == 0 ? act(plan_.h0) : act(plan_.layers[l - 1].out); }
+
+  void linear(const void* x, size_t w, size_t b, void* y, int rows, int in, int out) {
+    cu::linear_forward(*matmul_, stream_, type_, x, low_weight(w), low_weight(b), y, rows, in, out);
+  }
+  // Weight and bias gradients of y = x W^T + b, and dx (+)= dy W when dx is given.
+  void linear_grad(const void* dy, const void* x, size_t w, size_t b, void* dx, float beta, int rows, int in, int out) {
+    cu::linear_backward_weight(*matmul_, stream_, type_, dy, x, G(w), rows, in, out);
+    cu::linear_backward_bias(G(b), dy, type_, rows, out, scratch(), stream_);
+    if (dx) cu::linear_backward_input(*matmul_, stream_, type_, dy, low_weight(w), dx, rows, in, out, beta);
+  }
+
+  void run_forward(const DropoutKey& key, bool training, float loss_weight) {
+    key_ = key;
+    const int B = rows_, S = seq_, N = B * S, C = config_.hidden_size, I = config_.intermediate_size;
+    const int H = config_.num_attention_heads, L = config_.num_labels;
+    const float hidden_p = config_.hidden_dropout_prob, attn_p = config_.attention_probs_dropout_prob;
+    const float eps = config_.layer_norm_eps;
+    const DropoutSite none;
+    const int32_t* lengths = i32(plan_.lengths);
+
+    cu::embeddings_forward(act(plan_.emb_sum), type_, i32(plan_.ids), P(word_), P(position_), P(token_type_), B, S, C,
+                           stream_);
+    cu::layernorm_forward(act(plan_.h0), nullptr, f32(plan_.emb_mean), f32(plan_.emb_rstd), act(plan_.emb_sum), nullptr,
+                          P(ln0_g_), P(ln0_b_), type_, N, C, eps, none, site(kernels::kEmbeddingDropoutId, hidden_p),
+                          stream_);
+    const cu::AttentionScratch att = attention_scratch();
+    void* dense_out = act(plan_.d_tmp);  // free during the forward
+    for (int l = 0; l < config_.num_hidden_layers; ++l) {
+      const LayerParams& lp = layers_[l];
+      const LayerDeviceBuffers& a = plan_.layers[l];
+      const void* x = layer_input(l);
+      linear(x, lp.q_w, lp.q_b, act(a.q), N, C, C);
+      linear(x, lp.k_w, lp.k_b, act(a.k), N, C, C);
+      linear(x, lp.v_w, lp.v_b, act(a.v), N, C, C);
+      cu::attention_forward(act(a.ctx), act(a.probs), act(a.q), act(a.k), act(a.v), lengths, type_, B, S, C, H,
+                            layer_site(l, kernels::LayerDropoutSite::kAttentionProbs, attn_p), att, *matmul_, stream_);
+      linear(act(a.ctx), lp.o_w, lp.o_b, dense_out, N, C, C);
+      cu::layernorm_forward(act(a.attn_out), act(a.attn_sum), f32(a.attn_mean), f32(a.attn_rstd), dense_out, x,
+                            P(lp.ln1_g), P(lp.ln1_b), type_, N, C, eps,
+                            layer_site(l, kernels::LayerDropoutSite::kAttentionOutput, hidden_p), none, stream_);
+      linear(act(a.attn_out), lp.i_w, lp.i_b, act(a.ffn_pre), N, C, I);
+      cu::gelu_forward(act(a.ffn_act), act(a.ffn_pre), type_, static_cast<size_t>(N) * I, stream_);
+      linear(act(a.ffn_act), lp.f_w, lp.f_b, dense_out, N, I, C);
+      cu::layernorm_forward(act(a.out), act(a.ffn_sum), f32(a.ffn_mean), f32(a.ffn_rstd), dense_out, act(a.attn_out),
+                            P(lp.ln2_g), P(lp.ln2_b), type_, N, C, eps,
+                            layer_site(l, kernels::LayerDropoutSite::kFeedForwardOutput, hidden_p), none, stream_);
+    }
+    // Pooler on the [CLS] rows: row r of the product reads token r * S (lda = S * C).
+    cu::GemmArgs pool;
+    pool.trans_b = true;
+    pool.m = B, pool.n = C, pool.k = C;
+    pool.ab_type = pool.y_type = type_;
+    pool.a = last_hidden(), pool.lda = static_cast<int64_t>(S) * C;
+    pool.b = low_weight(pool_w_), pool.ldb = C;
+    pool.y = act(plan_.pooled_pre), pool.ldy = C;
+    pool.bias = low_weight(pool_b_);
+    matmul_->gemm(pool, stream_);
+    cu::tanh_forward(act(plan_.pooled), act(plan_.pooled_pre), type_, static_cast<size_t>(B) * C, stream_);
+    cu::dropout_forward(act(plan_.pooled_dropped), act(plan_.pooled), type_, static_cast<size_t>(B) * C,
+                        site(kernels::kPooledDropoutId, config_.classifier_dropout_prob()), stream_);
+    // Classifier into fp32 logits (the fp32 master bias, as the output type).
+    cu::GemmArgs cls;
+    cls.trans_b = true;
+    cls.m = B, cls.n = L, cls.k = C;
+    cls.ab_type = type_;
+    cls.y_type = DType::kF32;
+    cls.a = act(plan_.pooled_dropped), cls.lda = C;
+    cls.b = low_weight(cls_w_), cls.ldb = C;
+    cls.y = f32(plan_.logits), cls.ldy = L;
+    cls.bias = P(cls_b_);
+    matmul_->gemm(cls, stream_);
+    if (has_labels_)
+      cu::softmax_cross_entropy(f32(plan_.row_loss), i32(plan_.prediction), training ? act(plan_.dlogits) : nullptr,
+                                type_, f32(plan_.logits), i32(plan_.labels), B, L, loss_weight, stream_);
+  }
+
+  const void* last_hidden() const { return layer_input(config_.num_hidden_layers); }
+
+  void run_backward() {
+    const int B = rows_, S = seq_, N = B * S, C = config_.hidden_size, I = config_.intermediate_size;
+    const int H = config_.num_attention_heads, L = config_.num_labels;
+    const float hidden_p = config_.hidden_dropout_prob, attn_p = config_.attention_probs_dropout_prob;
+    const DropoutSite none;
+    void* d_h = act(plan_.d_h);
+    void* d_sum = act(plan_.d_sum);
+    void* d_tmp = act(plan_.d_tmp);
+    void* d_ffn = act(plan_.d_ffn);
+    void* d_pooled = act(plan_.d_pooled);
+    const size_t es = kernels::dtype_bytes(type_);
+
+    // Classifier and pooler.
+    linear_grad(act(plan_.dlogits), act(plan_.pooled_dropped), cls_w_, cls_b_, d_pooled, 0.0f, B, C, L);
+    cu::dropout_backward(d_pooled, d_pooled, type_, static_cast<size_t>(B) * C,
+                         site(kernels::kPooledDropoutId, config_.classifier_dropout_prob()), stream_);
+    cu::tanh_backward(d_pooled, act(plan_.pooled), d_pooled, type_, static_cast<size_t>(B) * C, stream_);
+    cu::GemmArgs pool_w;  // dWp += dpooled^T cls
+    pool_w.trans_a = true;
+    pool_w.m = C, pool_w.n = C, pool_w.k = B;
+    pool_w.ab_type = type_;
+    pool_w.y_type = DType::kF32;
+    pool_w.a = d_pooled, pool_w.lda = C;
+    pool_w.b = last_hidden(), pool_w.ldb = static_cast<int64_t>(S) * C;
+    pool_w.y = G(pool_w_), pool_w.ldy = C;
+    pool_w.beta = 1.0f;
+    matmul_->gemm(pool_w, stream_);
+    cu::linear_backward_bias(G(pool_b_), d_pooled, type_, B, C, scratch(), stream_);
+    CUDA_CHECK(cudaMemsetAsync(d_h, 0, static_cast<size_t>(N) * C * es, stream_));
+    cu::GemmArgs pool_x;  // d(cls rows) = dpooled Wp, written at stride S * C
+    pool_x.m = B, pool_x.n = C, pool_x.k = C;
+    pool_x.ab_type = pool_x.y_type = type_;
+    pool_x.a = d_pooled, pool_x.lda = C;
+    pool_x.b = low_weight(pool_w_), pool_x.ldb = C;
+    pool_x.y = d_h, pool_x.ldy = static_cast<int64_t>(S) * C;
+    matmul_->gemm(pool_x, stream_);
+
+    const cu::AttentionScratch att = attention_scratch();
+    for (int l = config_.num_hidden_layers - 1; l >= 0; --l) {
+      const LayerParams& lp = layers_[l];
+      const LayerDeviceBuffers& a = plan_.layers[l];
+      const void* x = layer_input(l);
+      // Output LayerNorm: d_sum = d(attn_out) via the residual, d_tmp = d(FFN2 output) through dropout.
+      cu::layernorm_backward(d_sum, d_tmp, G(lp.ln2_g), G(lp.ln2_b), d_h, act(a.ffn_sum), f32(a.ffn_mean),
+                             f32(a.ffn_rstd), P(lp.ln2_g), type_, N, C,
+                             layer_site(l, kernels::LayerDropoutSite::kFeedForwardOutput, hidden_p), none, scratch(),
+                             stream_);
+      linear_grad(d_tmp, act(a.ffn_act), lp.f_w, lp.f_b, d_ffn, 0.0f, N, I, C);
+      cu::gelu_backward(d_ffn, act(a.ffn_pre), d_ffn, type_, static_cast<size_t>(N) * I, stream_);
+      linear_grad(d_ffn, act(a.attn_out), lp.i_w, lp.i_b, d_sum, 1.0f, N, C, I);
+      // Attention LayerNorm: d_h = d(layer input) via the residual, d_tmp = d(O projection output).
+      cu::layernorm_backward(d_h, d_tmp, G(lp.ln1_g), G(lp.ln1_b), d_sum, act(a.attn_sum), f32(a.attn_mean),
+                             f32(a.attn_rstd), P(lp.ln1_g), type_, N, C,
+                             layer_site(l, kernels::LayerDropoutSite::kAttentionOutput, hidden_p), none, scratch(),
+                             stream_);
+      linear_grad(d_tmp, act(a.ctx), lp.o_w, lp.o_b, act(plan_.d_ctx), 0.0f, N, C, C);
+      cu::attention_backward(act(plan_.d_q), act(plan_.d_k), act(plan_.d_v), act(plan_.d_ctx), act(a.q), act(a.k),
+                             act(a.v), act(a.probs), i32(plan_.lengths), type_, B, S, C, H,
+                             layer_site(l, kernels::LayerDropoutSite::kAttentionProbs, attn_p), att, *matmul_,
+                             stream_);
+      linear_grad(act(plan_.d_q), x, lp.q_w, lp.q_b, d_h, 1.0f, N, C, C);
+      linear_grad(act(plan_.d_k), x, lp.k_w, lp.k_b, d_h, 1.0f, N, C, C);
+      linear_grad(act(plan_.d_v), x, lp.v_w, lp.v_b, d_h, 1.0f, N, C, C);
+    }
+    cu::layernorm_backward(d_sum, nullptr, G(ln0_g_), G(ln0_b_), d_h, act(plan_.emb_sum), f32(plan_.emb_mean),
+                           f32(plan_.emb_rstd), P(ln0_g_), type_, N, C, none,
+                           site(kernels::kEmbeddingDropoutId, hidden_p), scratch(), stream_);
+    cu::embeddings_backward(G(word_), G(position_), G(token_type_), d_sum, type_, i32(plan_.group_token),
+                            i32(plan_.group_offset), i32(plan_.group_position),
+                            static_cast<int>(groups_.token.size()), B, S, C, scratch(), stream_);
+  }
+
+  BatchStats read_stats(const data::Batch& batch, float* logits_host) {
+    BatchStats stats;
+    stats.rows = rows_;
+    if (logits_host)
+      CUDA_CHECK(cudaMemcpyAsync(logits_host, f32(plan_.logits), static_cast<size_t>(rows_) * config_.num_labels * 4,
+                                 cudaMemcpyDeviceToHost, stream_));
+    std::vector<float> loss(rows_);
+    std::vector<int32_t> prediction(rows_);
+    if (has_labels_) {
+      CUDA_CHECK(cudaMemcpyAsync(loss.data(), f32(plan_.row_loss), rows_ * 4, cudaMemcpyDeviceToHost, stream_));
+      CUDA_CHECK(cudaMemcpyAsync(prediction.data(), i32(plan_.prediction), rows_ * 4, cudaMemcpyDeviceToHost, stream_));
+    }
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (!has_labels_) return stats;
+    for (int r = 0; r < rows_; ++r) {
+      stats.loss_sum += loss[r];
+      stats.correct += prediction[r] == batch.labels[r] ? 1 : 0;
+    }
+    return stats;
+  }
+
+  BertConfig config_;
+  ParameterLayout layout_;
+  std::string precision_;
+  DType type_ = DType::kF32;
+  int device_ = 0;
+  DeviceMemoryPlan plan_;
+  char* arena_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<cu::MatmulContext> matmul_;
+  size_t word_ = 0, position_ = 0, token_type_ = 0, ln0_g_ = 0, ln0_b_ = 0;
+  size_t pool_w_ = 0, pool_b_ = 0, cls_w_ = 0, cls_b_ = 0;
+  std::vector<LayerParams> layers_;
+  int rows_ = 0, seq_ = 0;
+  bool has_labels_ = false;
+  DropoutKey key_;
+  cu::TokenGroupsHost groups_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend(const BertConfig& config, const std::string& precision, int max_rows,
+                                           int max_seq_len) {
+  return std::make_unique<CudaBackend>(config, precision, max_rows, max_seq_len);
+}
+
+}  // namespace llmqs::core

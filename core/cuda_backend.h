@@ -1,0 +1,33 @@
+// The `cuda` backend: core/backend.h on one GPU. fp32 master weights, gradients and AdamW
+// moments; activations and the weight copy the matmuls read in the run's precision:
+//   fp32  exact fp32 (cuBLASLt COMPUTE_32F), the parity mode against the CPU reference
+//   tf32  fp32 storage, TF32 tensor-core products (only when asked for)
+//   bf16  sm_80+; fp16 sm_75+ (the T4): the trainer scales the loss (loss_weight) and unscales
+//         through AdamWHyper::grad_scale; a non-finite gradient_sq_norm marks an overflow step.
+// All device memory is one arena planned by core/device_memory.h for (max_rows, max_seq_len);
+// batches up to that size run with no allocation. gradient_buffer() is DEVICE memory: reduce it
+// with the NCCL communicator (comm/nccl_communicator.h), which also picks the GPU, so create the
+// communicator first; the backend uses the current device.
+// The forward mirrors core/bert_cpu_model.h kernel for kernel, with the same dropout sites.
+#pragma once
+#include <memory>
+#include <string>
+
+#include "core/backend.h"
+#include "core/model_config.h"
+
+namespace llmqs::core {
+
+// auto -> bf16 on sm_80+, fp16 below; bf16 refused below sm_80, fp16 below sm_70 (message names
+// `precision` and the device). Returns fp32 | tf32 | bf16 | fp16. Needs a visible GPU.
+std::string resolve_cuda_precision(const std::string& precision, int device);
+
+// Throws std::runtime_error "no CUDA device: ..." when none is visible, and the estimate from
+// check_device_memory_fits when the arena would not fit in free memory.
+std::unique_ptr<Backend> make_cuda_backend(const BertConfig& config, const std::string& precision, int max_rows,
+                                           int max_seq_len);
+
+// True when at least one CUDA device is usable; `why` receives the reason when not.
+bool cuda_device_available(std::string* why = nullptr);
+
+}  // namespace llmqs::core

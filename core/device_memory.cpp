@@ -1,0 +1,162 @@
+// The arena plan of the CUDA backend (see device_memory.h). Buffers are laid out in the order
+// below, each 256-byte aligned (cuBLASLt's preferred alignment for every matrix).
+#include "core/device_memory.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <stdexcept>
+
+#include "core/parameters.h"
+
+namespace llmqs::core {
+
+namespace {
+
+constexpr size_t kAlignment = 256;
+constexpr size_t kMatmulWorkspaceBytes = size_t(32) << 20;   // what Hopper's cuBLASLt kernels want
+constexpr size_t kOverheadBytes = size_t(768) << 20;         // context + cuBLASLt + NCCL, measured loosely
+
+// Must match kernels::cuda::kColumnReduceChunk and kGradNormBlocks (kernels/cuda_kernels.h);
+// duplicated so this file needs no CUDA headers.
+constexpr size_t kColumnReduceChunk = 128;
+constexpr size_t kGradNormBlocks = 1024;
+
+class Planner {
+ public:
+  size_t take(size_t bytes) {
+    const size_t offset = next_;
+    next_ += (bytes + kAlignment - 1) / kAlignment * kAlignment;
+    return offset;
+  }
+  size_t used() const { return next_; }
+
+ private:
+  size_t next_ = 0;
+};
+
+std::string gib(size_t bytes) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.2f GiB", static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0));
+  return text;
+}
+
+}  // namespace
+
+DeviceMemoryPlan plan_device_memory(const BertConfig& config, int max_rows, int max_seq_len,
+                                    const std::string& precision) {
+  if (precision != "fp32" && precision != "tf32" && precision != "bf16" && precision != "fp16")
+    throw std::invalid_argument("precision: '" + precision + "' is not a resolved CUDA precision (fp32, tf32, bf16, fp16)");
+  if (max_rows <= 0 || max_seq_len <= 0)
+    throw std::invalid_argument("device memory plan: rows and sequence length must be positive");
+  DeviceMemoryPlan plan;
+  plan.rows = max_rows;
+  plan.seq = max_seq_len;
+  const bool low = precision == "bf16" || precision == "fp16";
+  const size_t act = low ? 2 : 4;
+  plan.activation_bytes = act;
+  plan.num_params = ParameterLayout::for_bert(config).total_numel();
+
+  const size_t P = plan.num_params;
+  const size_t B = static_cast<size_t>(max_rows), S = static_cast<size_t>(max_seq_len);
+  const size_t N = B * S, C = static_cast<size_t>(config.hidden_size);
+  const size_t I = static_cast<size_t>(config.intermediate_size), H = static_cast<size_t>(config.num_attention_heads);
+  const size_t L = static_cast<size_t>(config.num_labels);
+  const size_t scores = B * H * S * S;
+
+  Planner p;
+  plan.params = p.take(P * 4);
+  plan.grads = p.take(P * 4);
+  plan.adam_m = p.take(P * 4);
+  plan.adam_v = p.take(P * 4);
+  plan.params_low = low ? p.take(P * 2) : plan.params;
+  plan.grad_norm_partial = p.take(kGradNormBlocks * 8);
+
+  plan.ids = p.take(N * 4);
+  plan.lengths = p.take(B * 4);
+  plan.labels = p.take(B * 4);
+  plan.group_token = p.take(N * 4);
+  plan.group_offset = p.take((N + 1) * 4);
+  plan.group_position = p.take(N * 4);
+
+  plan.emb_sum = p.take(N * C * act);
+  plan.emb_mean = p.take(N * 4);
+  plan.emb_rstd = p.take(N * 4);
+  plan.h0 = p.take(N * C * act);
+  for (int l = 0; l < config.num_hidden_layers; ++l) {
+    LayerDeviceBuffers b;
+    b.q = p.take(N * C * act);
+    b.k = p.take(N * C * act);
+    b.v = p.take(N * C * act);
+    b.ctx = p.take(N * C * act);
+    b.probs = p.take(scores * act);
+    b.attn_sum = p.take(N * C * act);
+    b.attn_mean = p.take(N * 4);
+    b.attn_rstd = p.take(N * 4);
+    b.attn_out = p.take(N * C * act);
+    b.ffn_pre = p.take(N * I * act);
+    b.ffn_act = p.take(N * I * act);
+    b.ffn_sum = p.take(N * C * act);
+    b.ffn_mean = p.take(N * 4);
+    b.ffn_rstd = p.take(N * 4);
+    b.out = p.take(N * C * act);
+    plan.layers.push_back(b);
+  }
+
+  plan.pooled_pre = p.take(B * C * act);
+  plan.pooled = p.take(B * C * act);
+  plan.pooled_dropped = p.take(B * C * act);
+  plan.logits = p.take(B * L * 4);
+  plan.row_loss = p.take(B * 4);
+  plan.prediction = p.take(B * 4);
+  plan.dlogits = p.take(B * L * act);
+
+  plan.d_h = p.take(N * C * act);
+  plan.d_sum = p.take(N * C * act);
+  plan.d_tmp = p.take(N * C * act);
+  plan.d_ffn = p.take(N * I * act);
+  plan.d_q = p.take(N * C * act);
+  plan.d_k = p.take(N * C * act);
+  plan.d_v = p.take(N * C * act);
+  plan.d_ctx = p.take(N * C * act);
+  plan.d_pooled = p.take(B * C * act);
+
+  plan.att_q = p.take(N * C * act);
+  plan.att_k = p.take(N * C * act);
+  plan.att_v = p.take(N * C * act);
+  plan.att_ctx = p.take(N * C * act);
+  plan.att_dq = p.take(N * C * act);
+  plan.att_dk = p.take(N * C * act);
+  plan.att_dv = p.take(N * C * act);
+  plan.att_scores = p.take(scores * 4);
+  plan.att_dropped = p.take(scores * act);
+
+  // Column reductions: the widest is 2 x intermediate columns (LayerNorm uses 2C, biases up to I).
+  const size_t widest = std::max(2 * C, std::max(I, L));
+  plan.reduce_scratch = p.take(((N + kColumnReduceChunk - 1) / kColumnReduceChunk) * widest * 4);
+  plan.matmul_workspace_bytes = kMatmulWorkspaceBytes;
+  plan.matmul_workspace = p.take(kMatmulWorkspaceBytes);
+
+  plan.arena_bytes = p.used();
+  plan.overhead_bytes = kOverheadBytes;
+  return plan;
+}
+
+size_t estimate_device_bytes(const BertConfig& config, int max_rows, int max_seq_len, const std::string& precision) {
+  return plan_device_memory(config, max_rows, max_seq_len, precision).total_bytes();
+}
+
+void check_device_memory_fits(const BertConfig& config, int max_rows, int max_seq_len, const std::string& precision,
+                              size_t free_bytes) {
+  const DeviceMemoryPlan plan = plan_device_memory(config, max_rows, max_seq_len, precision);
+  if (plan.total_bytes() <= free_bytes) return;
+  std::string advice = "lower per_device_train_batch_size (or per_device_eval_batch_size) and raise "
+                       "gradient_accumulation_steps to keep the global batch, or lower max_length";
+  if (plan.activation_bytes == 4) advice += ", or use precision bf16 (sm_80+) / fp16 (sm_75)";
+  throw std::runtime_error("not enough GPU memory: training " + std::to_string(max_rows) + " rows x " +
+                           std::to_string(max_seq_len) + " tokens in " + precision + " needs about " +
+                           gib(plan.total_bytes()) + " (arena " + gib(plan.arena_bytes) + " + " +
+                           gib(plan.overhead_bytes) + " runtime allowance), but only " + gib(free_bytes) +
+                           " is free; " + advice);
+}
+
+}  // namespace llmqs::core

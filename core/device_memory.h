@@ -1,0 +1,63 @@
+// The CUDA backend's device memory, planned up front: one arena (a single cudaMalloc) holds the
+// fp32 master weights, gradients, AdamW moments, the low-precision weight copy, every activation
+// the backward needs for the largest batch (max_rows x max_seq_len), the backward and attention
+// scratch, and the cuBLASLt workspace. Nothing is allocated inside the step loop.
+//
+// This file is the one owner of that plan: the backend carves its buffers from the offsets here,
+// and estimate_device_bytes (what the trainer checks against free memory before training) adds
+// the same arena to a fixed allowance for the CUDA context, cuBLASLt and NCCL. Host-only code:
+// no CUDA headers, so the trainer and tests can ask for an estimate on any machine.
+#pragma once
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "core/model_config.h"
+
+namespace llmqs::core {
+
+// Byte offsets into the arena of one encoder layer's saved activations.
+struct LayerDeviceBuffers {
+  size_t q, k, v, ctx, probs;                  // probs: [rows x heads x seq x seq]
+  size_t attn_sum, attn_mean, attn_rstd, attn_out;
+  size_t ffn_pre, ffn_act;                     // [tokens x intermediate]
+  size_t ffn_sum, ffn_mean, ffn_rstd, out;     // out = this layer's output (next layer's input)
+};
+
+struct DeviceMemoryPlan {
+  int rows = 0, seq = 0;
+  size_t activation_bytes = 4;       // 4 (fp32/tf32) or 2 (bf16/fp16)
+  size_t num_params = 0;
+  // parameters and optimizer (fp32), the low-precision copy (absent in fp32: == params)
+  size_t params, grads, adam_m, adam_v, params_low, grad_norm_partial;
+  // batch inputs: ids, lengths, labels, and the word-embedding backward's token groups
+  size_t ids, lengths, labels, group_token, group_offset, group_position;
+  // embeddings and encoder
+  size_t emb_sum, emb_mean, emb_rstd, h0;
+  std::vector<LayerDeviceBuffers> layers;
+  // pooler, classifier, loss
+  size_t pooled_pre, pooled, pooled_dropped, logits, row_loss, prediction, dlogits;
+  // backward
+  size_t d_h, d_sum, d_tmp, d_ffn, d_q, d_k, d_v, d_ctx, d_pooled;
+  // scratch: attention (head-major copies, fp32 scores, dropped probs), reductions, cuBLASLt
+  size_t att_q, att_k, att_v, att_ctx, att_dq, att_dk, att_dv, att_scores, att_dropped;
+  size_t reduce_scratch, matmul_workspace;
+  size_t matmul_workspace_bytes = 0;
+
+  size_t arena_bytes = 0;     // one cudaMalloc of this size
+  size_t overhead_bytes = 0;  // CUDA context, cuBLASLt handle, NCCL buffers (an allowance)
+  size_t total_bytes() const { return arena_bytes + overhead_bytes; }
+};
+
+// precision: fp32 | tf32 | bf16 | fp16 (already resolved; "auto" is not accepted here).
+DeviceMemoryPlan plan_device_memory(const BertConfig& config, int max_rows, int max_seq_len,
+                                    const std::string& precision);
+
+size_t estimate_device_bytes(const BertConfig& config, int max_rows, int max_seq_len, const std::string& precision);
+
+// Throws std::runtime_error when the estimate exceeds free_bytes, with the numbers and what to
+// change (smaller per-device batch, shorter max_length, bf16/fp16).
+void check_device_memory_fits(const BertConfig& config, int max_rows, int max_seq_len, const std::string& precision,
+                              size_t free_bytes);
+
+}  // namespace llmqs::core

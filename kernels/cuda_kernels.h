@@ -1,0 +1,142 @@
+// The CUDA kernels of the BERT classifier, one entry point per CPU reference function
+// (kernels/cpu/*.h, the oracle the tests compare against), same math, same row-major layouts.
+// Differences from the CPU signatures, all deliberate:
+//   - activations are untyped pointers with a DType (fp32, bf16, fp16 chosen at run time);
+//     parameters and their gradients are always fp32 (master weights);
+//   - LayerNorm statistics (mean, rstd) are fp32 whatever the activation type;
+//   - dropout can be fused where the model applies it (the same Philox sites, kernels/philox.h,
+//     so masks are bit-identical with the CPU's);
+//   - scratch memory comes from the caller (the backend's arena): no kernel allocates.
+// Every function enqueues on `stream` and returns without synchronising. Pointers are device
+// memory unless the name ends in _host.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "kernels/cuda_dtype.h"
+#include "kernels/matmul_cublaslt.h"
+#include "kernels/philox.h"
+
+namespace llmqs::kernels::cuda {
+
+// ---- conversions (kernels/convert.cu) --------------------------------------------------------
+// dst[i] = (dst_type) src[i]; fp32 <-> bf16/fp16 (round to nearest even).
+void convert(void* dst, DType dst_type, const void* src, DType src_type, size_t n, cudaStream_t stream);
+
+// ---- deterministic column sums (kernels/column_reduce.cu) ---------------------------------------
+// out[c] += sum_r x[r, c] over x [rows x cols] (row stride ld), in a fixed order: rows are cut
+// into chunks of kColumnReduceChunk, each chunk summed into partial[chunk, c] (fp32 scratch of
+// column_reduce_scratch_floats(rows, cols)), then the partials are added in chunk order.
+constexpr int kColumnReduceChunk = 128;
+size_t column_reduce_scratch_floats(int64_t rows, int cols);
+void column_sum_accumulate(float* out, const void* x, DType type, int64_t rows, int cols, int64_t ld,
+                           float* scratch, cudaStream_t stream);
+// The bias gradient of a Linear layer: dbias[o] += sum_n dout[n, o] (CPU: inside matmul_backward).
+inline void linear_backward_bias(float* dbias, const void* dout, DType type, int64_t rows, int out_features,
+                                 float* scratch, cudaStream_t stream) {
+  column_sum_accumulate(dbias, dout, type, rows, out_features, out_features, scratch, stream);
+}
+
+// ---- embeddings (kernels/embeddings.cu; CPU twin kernels/cpu/embeddings.h) ----------------------
+// out[r, s, c] = word[ids[r, s], c] + position[s, c] + token_type0[c]; tables fp32.
+void embeddings_forward(void* out, DType type, const int32_t* ids, const float* word, const float* position,
+                        const float* token_type0, int rows, int seq, int C, cudaStream_t stream);
+
+// The tokens of one batch grouped by vocabulary id, built on the host (the ids are there anyway):
+// for group g, token id token[g] occurs at flat positions position[offset[g] .. offset[g+1]) in
+// increasing order. The padding id is left out (nn.Embedding(padding_idx) gets no gradient).
+// One CUDA block owns one vocabulary row, so the backward needs no atomics and is deterministic.
+struct TokenGroupsHost {
+  std::vector<int32_t> token, offset, position;
+};
+TokenGroupsHost group_tokens_by_id(const int32_t* ids_host, int64_t n, int padding_idx);
+
+// dword[v] += sum of dout over the tokens with id v (groups: device copies of TokenGroupsHost);
+// dposition[s] += sum_r dout[r, s]; dtoken_type0 += sum of every row. scratch: see column_reduce.
+void embeddings_backward(float* dword, float* dposition, float* dtoken_type0, const void* dout, DType type,
+                         const int32_t* group_token, const int32_t* group_offset, const int32_t* group_position,
+                         int num_groups, int rows, int seq, int C, float* scratch, cudaStream_t stream);
+
+// ---- LayerNorm (kernels/layernorm.cu; CPU twin kernels/cpu/layernorm.h) -------------------------
+// x = dropout_a(a) + b (b may be null: x = dropout_a(a)); when b is given, x is stored in `sum`
+// (the backward's input). out = dropout_out(LayerNorm(x) * gamma + beta). mean/rstd fp32 [N].
+// The CPU composes the same from dropout_forward + residual_layernorm_forward / layernorm_forward.
+void layernorm_forward(void* out, void* sum, float* mean, float* rstd, const void* a, const void* b,
+                       const float* gamma, const float* beta, DType type, int N, int C, float eps,
+                       const DropoutSite& a_site, const DropoutSite& out_site, cudaStream_t stream);
+
+// g = dropout_out^T(dout) (the mask of out_site); dx = LayerNorm backward of g at x
+// (overwrites; may not alias dout); dx_dropped (may be null) = dropout_a^T(dx) for the branch that
+// went through a_site; dgamma += sum_n g * xhat, dbeta += sum_n g. scratch: column_reduce sized
+// for 2 * C columns.
+void layernorm_backward(void* dx, void* dx_dropped, float* dgamma, float* dbeta, const void* dout, const void* x,
+                        const float* mean, const float* rstd, const float* gamma, DType type, int N, int C,
+                        const DropoutSite& a_site, const DropoutSite& out_site, float* scratch, cudaStream_t stream);
+
+// ---- activations (kernels/activations.cu; CPU twin kernels/cpu/activations.h) -------------------
+// Exact erf GELU and tanh, fp32 math. out/dinp may alias inputs as on the CPU.
+void gelu_forward(void* out, const void* inp, DType type, size_t n, cudaStream_t stream);
+void gelu_backward(void* dinp, const void* inp, const void* dout, DType type, size_t n, cudaStream_t stream);
+void tanh_forward(void* out, const void* inp, DType type, size_t n, cudaStream_t stream);
+void tanh_backward(void* dinp, const void* out, const void* dout, DType type, size_t n, cudaStream_t stream);
+
+// ---- dropout (kernels/dropout.cu; CPU twin kernels/cpu/dropout.h) ------------------------------
+// out[e] = keep(site, e) ? inp[e] / (1 - p) : 0 (in place allowed); backward is the same map.
+void dropout_forward(void* out, const void* inp, DType type, size_t n, const DropoutSite& site, cudaStream_t stream);
+void dropout_backward(void* dinp, const void* dout, DType type, size_t n, const DropoutSite& site,
+                      cudaStream_t stream);
+
+// ---- attention (kernels/attention.cu; CPU twin kernels/cpu/attention.h) -------------------------
+// q, k, v, ctx [rows x seq x C] (heads interleaved by column), probs [rows x heads x seq x seq]
+// pre-dropout, lengths [rows] on the device. The products are strided-batched cuBLASLt GEMMs over
+// (row, head) on head-major copies; the masked softmax (+ dropout) is a warp-per-query kernel.
+struct AttentionScratch {
+  void* q_heads = nullptr;   // [rows x heads x seq x d], type; likewise the next six
+  void* k_heads = nullptr;
+  void* v_heads = nullptr;
+  void* ctx_heads = nullptr;
+  void* dq_heads = nullptr;  // backward only
+  void* dk_heads = nullptr;
+  void* dv_heads = nullptr;
+  float* scores = nullptr;   // [rows x heads x seq x seq] fp32 (scores, then dP in the backward)
+  void* dropped = nullptr;   // [rows x heads x seq x seq] type (dropped probs, then dS)
+};
+// Elements of each scratch buffer for the given shape (the arena's plan uses these).
+inline size_t attention_head_elements(int rows, int seq, int C) { return size_t(rows) * seq * C; }
+inline size_t attention_score_elements(int rows, int seq, int heads) { return size_t(rows) * heads * seq * seq; }
+
+void attention_forward(void* ctx, void* probs, const void* q, const void* k, const void* v, const int32_t* lengths,
+                       DType type, int rows, int seq, int C, int heads, const DropoutSite& dropout,
+                       const AttentionScratch& scratch, MatmulContext& matmul, cudaStream_t stream);
+// dq, dk, dv are overwritten.
+void attention_backward(void* dq, void* dk, void* dv, const void* dctx, const void* q, const void* k,
+                        const void* v, const void* probs, const int32_t* lengths, DType type, int rows, int seq,
+                        int C, int heads, const DropoutSite& dropout, const AttentionScratch& scratch,
+                        MatmulContext& matmul, cudaStream_t stream);
+
+// ---- softmax cross-entropy (kernels/softmax_cross_entropy.cu; CPU twin ...cpu/softmax_cross_entropy.h)
+// logits fp32 [rows x C]; writes loss [rows] fp32, prediction [rows], and when dlogits is not
+// null, dlogits[r, c] = loss_weight * (softmax - onehot) in `dlogits_type`. One warp per row.
+void softmax_cross_entropy(float* loss, int32_t* prediction, void* dlogits, DType dlogits_type, const float* logits,
+                           const int32_t* labels, int rows, int C, float loss_weight, cudaStream_t stream);
+
+// ---- AdamW (kernels/adamw.cu; CPU twin kernels/cpu/adamw.h) --------------------------------------
+struct AdamWScalars {
+  float lr = 0.0f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.0f, grad_scale = 1.0f;
+  int64_t step = 1;
+};
+// One tensor's update, torch.optim.AdamW semantics exactly as the CPU twin. When params_low is
+// not null it receives the updated parameters in low_type (the copy the matmuls read).
+void adamw_update(float* params, const float* grads, float* m, float* v, size_t n, const AdamWScalars& s,
+                  void* params_low, DType low_type, cudaStream_t stream);
+
+// ---- global gradient norm (kernels/grad_norm.cu; CPU twin kernels/cpu/grad_norm.h) ---------------
+// sum_i grad[i]^2 in double, deterministic (fixed blocks, fixed order). partial_device holds
+// kGradNormBlocks doubles; the result is summed on the host after one copy (synchronises).
+constexpr int kGradNormBlocks = 1024;
+double sum_of_squares(const float* grad, size_t n, double* partial_device, cudaStream_t stream);
+
+}  // namespace llmqs::kernels::cuda

@@ -1,0 +1,481 @@
+// Every CUDA kernel (kernels/*.cu) against its fp32 CPU twin (kernels/cpu/) on fresh random
+// inputs: odd shapes, padded batches, dropout on. Tolerances, as max |gpu - cpu| / max |cpu|:
+// fp32 2e-5 (different summation orders only), bf16/fp16 1e-2 (the CPU runs on the same
+// rounded inputs, so what remains is output rounding and half-precision intermediates).
+// Dropout masks must match bit for bit. Output buffers are poisoned with NaN before each run.
+// Without a CUDA device every test skips with "no CUDA device: ...".
+#include <gtest/gtest.h>
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/cuda_backend.h"
+#include "kernels/cpu/activations.h"
+#include "kernels/cpu/adamw.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/dropout.h"
+#include "kernels/cpu/embeddings.h"
+#include "kernels/cpu/grad_norm.h"
+#include "kernels/cpu/layernorm.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/softmax_cross_entropy.h"
+#include "kernels/cuda_check.h"
+#include "kernels/cuda_kernels.h"
+#include "kernels/matmul_cublaslt.h"
+
+namespace kc = llmqs::kernels::cpu;
+namespace cu = llmqs::kernels::cuda;
+using llmqs::kernels::DropoutSite;
+using llmqs::kernels::DType;
+
+#define REQUIRE_CUDA()                                                           \
+  do {                                                                           \
+    std::string why_;                                                            \
+    if (!llmqs::core::cuda_device_available(&why_)) GTEST_SKIP() << "no CUDA device: " << why_; \
+  } while (0)
+
+namespace {
+
+const float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+std::vector<float> random_vector(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> normal(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = normal(gen);
+  return v;
+}
+
+double tolerance(DType type) { return type == DType::kF32 ? 2e-5 : 1e-2; }
+
+// Device memory of n elements of `type`, filled and read through fp32 host vectors.
+class DeviceArray {
+ public:
+  DeviceArray(size_t n, DType type) : n_(n), type_(type) {
+    CUDA_CHECK(cudaMalloc(&ptr_, std::max<size_t>(n, 1) * llmqs::kernels::dtype_bytes(type)));
+  }
+  explicit DeviceArray(const std::vector<float>& host, DType type = DType::kF32) : DeviceArray(host.size(), type) {
+    set(host);
+  }
+  ~DeviceArray() { cudaFree(ptr_); }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+
+  void set(const std::vector<float>& host) {
+    float* staging = nullptr;
+    CUDA_CHECK(cudaMalloc(&staging, std::max<size_t>(n_, 1) * 4));
+    CUDA_CHECK(cudaMemcpy(staging, host.data(), n_ * 4, cudaMemcpyHostToDevice));
+    cu::convert(ptr_, type_, staging, DType::kF32, n_, nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    cudaFree(staging);
+  }
+  std::vector<float> get() const {
+    float* staging = nullptr;
+    CUDA_CHECK(cudaMalloc(&staging, std::max<size_t>(n_, 1) * 4));
+    cu::convert(staging, DType::kF32, ptr_, type_, n_, nullptr);
+    std::vector<float> host(n_);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    CUDA_CHECK(cudaMemcpy(host.data(), staging, n_ * 4, cudaMemcpyDeviceToHost));
+    cudaFree(staging);
+    return host;
+  }
+  void poison() { set(std::vector<float>(n_, kNaN)); }
+  void* ptr() const { return ptr_; }
+  float* f32() const { return static_cast<float*>(ptr_); }
+  int32_t* i32() const { return static_cast<int32_t*>(ptr_); }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t n_;
+  DType type_;
+};
+
+std::vector<float> rounded(const std::vector<float>& host, DType type) { return DeviceArray(host, type).get(); }
+
+DeviceArray* upload_ints(const std::vector<int32_t>& v) {
+  auto* a = new DeviceArray(v.size(), DType::kF32);  // 4-byte elements
+  CUDA_CHECK(cudaMemcpy(a->ptr(), v.data(), v.size() * 4, cudaMemcpyHostToDevice));
+  return a;
+}
+
+std::vector<int32_t> download_ints(const DeviceArray& a, size_t n) {
+  std::vector<int32_t> v(n);
+  CUDA_CHECK(cudaMemcpy(v.data(), a.ptr(), n * 4, cudaMemcpyDeviceToHost));
+  return v;
+}
+
+void expect_close(const std::vector<float>& got, const std::vector<float>& ref, double tol, const std::string& what) {
+  ASSERT_EQ(got.size(), ref.size()) << what;
+  double max_ref = 0.0, max_diff = 0.0;
+  size_t worst = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(got[i])) << what << ": element " << i << " is " << got[i] << " (not written?)";
+    max_ref = std::max(max_ref, std::abs(static_cast<double>(ref[i])));
+    const double diff = std::abs(static_cast<double>(got[i]) - ref[i]);
+    if (diff > max_diff) {
+      max_diff = diff;
+      worst = i;
+    }
+  }
+  ASSERT_GT(max_ref, 0.0) << what << ": the reference is all zeros";
+  EXPECT_LE(max_diff / max_ref, tol) << what << ": worst element " << worst << " gpu " << got[worst] << " cpu "
+                                     << ref[worst] << " (max |cpu| " << max_ref << ")";
+}
+
+struct Workspace {
+  DeviceArray memory{size_t(32) << 18, DType::kF32};  // 32 MiB
+  cu::MatmulContext matmul{memory.ptr(), size_t(32) << 20, false};
+};
+
+DropoutSite make_site(uint32_t tensor_id, float p) {
+  DropoutSite s;
+  s.seed = 0x1234567890ULL;
+  s.step = 3;
+  s.rank = 1;
+  s.micro_step = 2;
+  s.tensor_id = tensor_id;
+  s.p = p;
+  return s;
+}
+
+class CudaKernels : public ::testing::TestWithParam<DType> {};
+
+std::string type_name(const ::testing::TestParamInfo<DType>& info) { return llmqs::kernels::dtype_name(info.param); }
+
+// ---- matmul -----------------------------------------------------------------------------------
+TEST_P(CudaKernels, LinearForwardAndBackwardMatchCpu) {
+  REQUIRE_CUDA();
+  const DType type = GetParam();
+  Workspace ws;
+  struct Shape {
+    int n, in, out;
+  };
+  uint32_t seed = 10;
+  for (const Shape s : {Shape{37, 19, 23}, Shape{256, 64, 96}, Shape{5, 768, 5}, Shape{130, 48, 3072}}) {
+    const std::string what = "n=" + std::to_string(s.n) + " in=" + std::to_string(s.in) + " out=" + std::to_string(s.out);
+    const auto x = rounded(random_vector(size_t(s.n) * s.in, ++seed), type);
+    const auto w = rounded(random_vector(size_t(s.out) * s.in, ++seed, 0.1f), type);
+    const auto b = rounded(random_vector(s.out, ++seed), type);
+    const auto dy = rounded(random_vector(size_t(s.n) * s.out, ++seed), type);
+    const auto dx0 = rounded(random_vector(size_t(s.n) * s.in, ++seed), type);
+    const auto dw0 = random_vector(size_t(s.out) * s.in, ++seed);
+    const auto db0 = random_vector(s.out, ++seed);
+
+    std::vector<float> y_ref(size_t(s.n) * s.out), dx_ref = dx0, dw_ref = dw0, db_ref = db0;
+    kc::matmul_forward(y_ref.data(), x.data(), w.data(), b.data(), s.n, s.in, s.out);
+    kc::matmul_backward(dx_ref.data(), dw_ref.data(), db_ref.data(), dy.data(), x.data(), w.data(), s.n, s.in, s.out,
+                        true);
+
+    DeviceArray dx_(x, type), dw_(w, type), db_(b, type), ddy(dy, type), y(size_t(s.n) * s.out, type);
+    DeviceArray dx(dx0, type), dw(dw0), db(db0), scratch(cu::column_reduce_scratch_floats(s.n, s.out), DType::kF32);
+    y.poison();
+    cu::linear_forward(ws.matmul, nullptr, type, dx_.ptr(), dw_.ptr(), db_.ptr(), y.ptr(), s.n, s.in, s.out);
+    cu::linear_backward_input(ws.matmul, nullptr, type, ddy.ptr(), dw_.ptr(), dx.ptr(), s.n, s.in, s.out, 1.0f);
+    cu::linear_backward_weight(ws.matmul, nullptr, type, ddy.ptr(), dx_.ptr(), dw.f32(), s.n, s.in, s.out);
+    cu::linear_backward_bias(db.f32(), ddy.ptr(), type, s.n, s.out, scratch.f32(), nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    expect_close(y.get(), y_ref, tolerance(type), "forward " + what);
+    expect_close(dx.get(), dx_ref, tolerance(type), "dx (accumulated) " + what);
+    expect_close(dw.get(), dw_ref, tolerance(type), "dweight (accumulated) " + what);
+    expect_close(db.get(), db_ref, tolerance(type), "dbias (accumulated) " + what);
+  }
+}
+
+// ---- embeddings -------------------------------------------------------------------------------
+TEST_P(CudaKernels, EmbeddingsMatchCpuAndSkipThePaddingRow) {
+  REQUIRE_CUDA();
+  const DType type = GetParam();
+  const int rows = 3, seq = 11, C = 40, V = 17, P = 16, pad = 0;
+  const std::vector<int> lengths = {11, 6, 1};
+  std::mt19937 gen(5);
+  std::vector<int32_t> ids(rows * seq);
+  for (int r = 0; r < rows; ++r)
+    for (int s = 0; s < seq; ++s) ids[r * seq + s] = s < lengths[r] ? 1 + int(gen() % (V - 1)) : pad;
+  ids[3] = ids[4] = ids[5];  // repeated tokens in one row
+  const auto word = random_vector(size_t(V) * C, 1), pos = random_vector(size_t(P) * C, 2), type0 = random_vector(C, 3);
+  std::vector<float> out_ref(size_t(rows) * seq * C);
+  kc::embeddings_forward(out_ref.data(), ids.data(), word.data(), pos.data(), type0.data(), rows, seq, C);
+  const auto dout = rounded(random_vector(out_ref.size(), 4), type);
+  auto dword_ref = random_vector(word.size(), 5), dpos_ref = random_vector(pos.size(), 6), dtype_ref = random_vector(C, 7);
+  DeviceArray dword(dword_ref), dpos(dpos_ref), dtype0(dtype_ref);
+  kc::embeddings_backward(dword_ref.data(), dpos_ref.data(), dtype_ref.data(), dout.data(), ids.data(), rows, seq, C, pad);
+
+  std::unique_ptr<DeviceArray> d_ids(upload_ints(ids));
+  DeviceArray d_word(word), d_pos(pos), d_type0(type0), out(out_ref.size(), type), d_dout(dout, type);
+  out.poison();
+  cu::embeddings_forward(out.ptr(), type, d_ids->i32(), d_word.f32(), d_pos.f32(), d_type0.f32(), rows, seq, C, nullptr);
+  const cu::TokenGroupsHost groups = cu::group_tokens_by_id(ids.data(), ids.size(), pad);
+  std::unique_ptr<DeviceArray> g_token(upload_ints(groups.token)), g_offset(upload_ints(groups.offset)),
+      g_position(upload_ints(groups.position));
+  DeviceArray scratch(cu::column_reduce_scratch_floats(rows * seq, C), DType::kF32);
+  cu::embeddings_backward(dword.f32(), dpos.f32(), dtype0.f32(), d_dout.ptr(), type, g_token->i32(), g_offset->i32(),
+                          g_position->i32(), int(groups.token.size()), rows, seq, C, scratch.f32(), nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  expect_close(out.get(), out_ref, tolerance(type), "embeddings forward");
+  const auto dword_got = dword.get();
+  expect_close(dword_got, dword_ref, 2e-5, "dword");
+  expect_close(dpos.get(), dpos_ref, 2e-5, "dposition");
+  expect_close(dtype0.get(), dtype_ref, 2e-5, "dtoken_type0");
+  // The padding row is untouched (nn.Embedding padding_idx): bit-identical to its start value.
+  const auto start = random_vector(word.size(), 5);
+  for (int c = 0; c < C; ++c) ASSERT_EQ(dword_got[pad * C + c], start[pad * C + c]);
+}
+
+// ---- layernorm --------------------------------------------------------------------------------
+TEST_P(CudaKernels, ResidualDropoutLayerNormMatchesCpu) {
+  REQUIRE_CUDA();
+  const DType type = GetParam();
+  uint32_t seed = 100;
+  for (const int C : {16, 40, 768, 1000}) {
+    for (const float p : {0.0f, 0.1f}) {
+      const int N = 67;
+      const std::string what = "C=" + std::to_string(C) + " p=" + std::to_string(p);
+      const DropoutSite a_site = make_site(9, p), none;
+      const auto a = rounded(random_vector(size_t(N) * C, ++seed), type);
+      const auto b = rounded(random_vector(size_t(N) * C, ++seed), type);
+      const auto gamma = random_vector(C, ++seed), beta = random_vector(C, ++seed);
+      // CPU: dropout, then residual LayerNorm.
+      std::vector<float> dropped(a.size()), out_ref(a.size()), sum_ref(a.size()), mean_ref(N), rstd_ref(N);
+      kc::dropout_forward(dropped.data(), a.data(), a.size(), a_site);
+      kc::residual_layernorm_forward(out_ref.data(), sum_ref.data(), mean_ref.data(), rstd_ref.data(), dropped.data(),
+                                     b.data(), gamma.data(), beta.data(), N, C, 1e-12f);
+      DeviceArray da(a, type), db(b, type), dg(gamma), dbeta(beta), out(a.size(), type), sum(a.size(), type),
+          mean(N, DType::kF32), rstd(N, DType::kF32);
+      out.poison();
+      sum.poison();
+      cu::layernorm_forward(out.ptr(), sum.ptr(), mean.f32(), rstd.f32(), da.ptr(), db.ptr(), dg.f32(), dbeta.f32(), type,
+                            N, C, 1e-12f, a_site, none, nullptr);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      expect_close(out.get(), out_ref, tolerance(type), "layernorm out " + what);
+      expect_close(sum.get(), sum_ref, tolerance(type), "residual sum " + what);
+      expect_close(mean.get(), mean_ref, type == DType::kF32 ? 2e-5 : 1e-2, "mean " + what);
+      expect_close(rstd.get(), rstd_ref, type == DType::kF32 ? 2e-5 : 1e-2, "rstd " + what);
+
+      // Backward from the GPU's own saved sum (the CPU runs on the same values).
+      const auto x = sum.get();
+      const auto dout = rounded(random_vector(x.size(), ++seed), type);
+      std::vector<float> dx_ref(x.size()), dgamma_ref = random_vector(C, 7), dbeta_ref = random_vector(C, 8);
+      DeviceArray ddgamma(dgamma_ref), ddbeta(dbeta_ref);
+      std::vector<float> m2(N), r2(N), dummy(x.size());
+      kc::layernorm_forward(dummy.data(), m2.data(), r2.data(), x.data(), gamma.data(), beta.data(), N, C, 1e-12f);
+      kc::layernorm_backward(dx_ref.data(), dgamma_ref.data(), dbeta_ref.data(), dout.data(), x.data(), m2.data(),
+                             r2.data(), gamma.data(), N, C);
+      std::vector<float> dx_dropped_ref(x.size());
+      kc::dropout_backward(dx_dropped_ref.data(), dx_ref.data(), x.size(), a_site);
+      DeviceArray dx(x.size(), type), dx_dropped(x.size(), type), ddout(dout, type), dsum(x, type);
+      dx.poison();
+      dx_dropped.poison();
+      DeviceArray scratch(cu::column_reduce_scratch_floats(N, 2 * C), DType::kF32);
+      cu::layernorm_backward(dx.ptr(), dx_dropped.ptr(), ddgamma.f32(), ddbeta.f32(), ddout.ptr(), dsum.ptr(), mean.f32(),
+                             rstd.f32(), dg.f32(), type, N, C, a_site, none, scratch.f32(), nullptr);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      expect_close(dx.get(), dx_ref, tolerance(type), "layernorm dx " + what);
+      expect_close(dx_dropped.get(), dx_dropped_ref, tolerance(type), "layernorm dx through dropout " + what);
+      expect_close(ddgamma.get(), dgamma_ref, tolerance(type), "dgamma " + what);
+      expect_close(ddbeta.get(), dbeta_ref, tolerance(type), "dbeta " + what);
+    }
+  }
+}
+
+TEST_P(CudaKernels, LayerNormWithOutputDropoutMatchesCpuComposition) {
+  REQUIRE_CUDA();
+  const DType type = GetParam();
+  const int N = 45, C = 96;
+  const DropoutSite out_site = make_site(0, 0.1f), none;
+  const auto x = rounded(random_vector(size_t(N) * C, 31), type);
+  const auto gamma = random_vector(C, 32), beta = random_vector(C, 33);
+  std::vector<float> ln(x.size()), out_ref(x.size()), mean_ref(N), rstd_ref(N);
+  kc::layernorm_forward(ln.data(), mean_ref.data(), rstd_ref.data(), x.data(), gamma.data(), beta.data(), N, C, 1e-12f);
+  kc::dropout_forward(out_ref.data(), ln.data(), ln.size(), out_site);
+  const auto dout = rounded(random_vector(x.size(), 34), type);
+  std::vector<float> g(x.size()), dx_ref(x.size()), dgamma_ref(C, 0.0f), dbeta_ref(C, 0.0f);
+  kc::dropout_backward(g.data(), dout.data(), g.size(), out_site);
+  kc::layernorm_backward(dx_ref.data(), dgamma_ref.data(), dbeta_ref.data(), g.data(), x.data(), mean_ref.data(),
+                         rstd_ref.data(), gamma.data(), N, C);
+
+  DeviceArray dxin(x, type), dg(gamma), db(beta), out(x.size(), type), mean(N, DType::kF32), rstd(N, DType::kF32);
+  DeviceArray ddout(dout, type), dx(x.size(), type), dgamma(std::vector<float>(C, 0.0f)), dbeta(std::vector<float>(C, 0.0f));
+  DeviceArray scratch(cu::column_reduce_scratch_floats(N, 2 * C), DType::kF32);
+  out.poison();
+  dx.poison();
+  cu::layernorm_forward(out.ptr(), nullptr, mean.f32(), rstd.f32(), dxin.ptr(), nullptr, dg.f32(), db.f32(), type, N, C,
+                        1e-12f, none, out_site, nullptr);
+  cu::layernorm_backward(dx.ptr(), nullptr, dgamma.f32(), dbeta.f32(), ddout.ptr(), dxin.ptr(), mean.f32(), rstd.f32(),
+                         dg.f32(), type, N, C, none, out_site, scratch.f32(), nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  expect_close(out.get(), out_ref, tolerance(type), "layernorm + output dropout");
+  expect_close(dx.get(), dx_ref, tolerance(type), "dx");
+  expect_close(dgamma.get(), dgamma_ref, tolerance(type), "dgamma");
+  expect_close(dbeta.get(), dbeta_ref, tolerance(type), "dbeta");
+}
+
+// ---- attention --------------------------------------------------------------------------------
+TEST_P(CudaKernels, AttentionWithPaddingAndDropoutMatchesCpu) {
+  REQUIRE_CUDA();
+  const DType type = GetParam();
+  Workspace ws;
+  struct Shape {
+    int rows, seq, C, heads;
+    std::vector<int32_t> lengths;
+  };
+  uint32_t seed = 200;
+  for (const Shape& s : {Shape{3, 13, 16, 2, {13, 7, 1}}, Shape{2, 64, 96, 3, {64, 33}}, Shape{2, 128, 64, 4, {100, 128}}}) {
+    for (const float p : {0.0f, 0.1f}) {
+      const std::string what = "seq=" + std::to_string(s.seq) + " C=" + std::to_string(s.C) + " p=" + std::to_string(p);
+      const DropoutSite site = make_site(8, p);
+      const size_t n = size_t(s.rows) * s.seq * s.C, np = size_t(s.rows) * s.heads * s.seq * s.seq;
+      const auto q = rounded(random_vector(n, ++seed), type), k = rounded(random_vector(n, ++seed), type),
+                 v = rounded(random_vector(n, ++seed), type), dctx = rounded(random_vector(n, ++seed), type);
+      std::vector<float> ctx_ref(n), probs_ref(np), dq_ref(n), dk_ref(n), dv_ref(n);
+      kc::attention_forward(ctx_ref.data(), probs_ref.data(), q.data(), k.data(), v.data(), s.lengths.data(), s.rows,
+                            s.seq, s.C, s.heads, site);
+
+      DeviceArray dq_in(q, type), dk_in(k, type), dv_in(v, type), ddctx(dctx, type), ctx(n, type), probs(np, type);
+      DeviceArray dq(n, type), dk(n, type), dv(n, type);
+      std::unique_ptr<DeviceArray> lengths(upload_ints(s.lengths));
+      std::vector<std::unique_ptr<DeviceArray>> heads;
+      for (int i = 0; i < 7; ++i) heads.emplace_back(new DeviceArray(n, type));
+      DeviceArray scores(np, DType::kF32), dropped(np, type);
+      cu::AttentionScratch scratch{heads[0]->ptr(), heads[1]->ptr(), heads[2]->ptr(), heads[3]->ptr(),
+                                   heads[4]->ptr(), heads[5]->ptr(), heads[6]->ptr(), scores.f32(), dropped.ptr()};
+      ctx.poison();
+      probs.poison();
+      dq.poison();
+      dk.poison();
+      dv.poison();
+      cu::attention_forward(ctx.ptr(), probs.ptr(), dq_in.ptr(), dk_in.ptr(), dv_in.ptr(), lengths->i32(), type, s.rows,
+                            s.seq, s.C, s.heads, site, scratch, ws.matmul, nullptr);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      const auto probs_got = probs.get();
+      expect_close(ctx.get(), ctx_ref, tolerance(type), "attention ctx " + what);
+      expect_close(probs_got, probs_ref, tolerance(type), "attention probs " + what);
+      // Backward from the GPU's probs, so only the backward is under test here.
+      kc::attention_backward(dq_ref.data(), dk_ref.data(), dv_ref.data(), dctx.data(), q.data(), k.data(), v.data(),
+                             probs_got.data(), s.lengths.data(), s.rows, s.seq, s.C, s.heads, site);
+      cu::attention_backward(dq.ptr(), dk.ptr(), dv.ptr(), ddctx.ptr(), dq_in.ptr(), dk_in.ptr(), dv_in.ptr(), probs.ptr(),
+                             lengths->i32(), type, s.rows, s.seq, s.C, s.heads, site, scratch, ws.matmul, nullptr);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      expect_close(dq.get(), dq_ref, tolerance(type), "attention dq " + what);
+      expect_close(dk.get(), dk_ref, tolerance(type), "attention dk " + what);
+      expect_close(dv.get(), dv_ref, tolerance(type), "attention dv " + what);
+    }
+  }
+}
+
+// ---- elementwise ------------------------------------------------------------------------------
+TEST_P(CudaKernels, GeluTanhAndDropoutMatchCpu) {
+  REQUIRE_CUDA();
+  const DType type = GetParam();
+  const size_t n = 10007;
+  const auto x = rounded(random_vector(n, 41, 3.0f), type), dout = rounded(random_vector(n, 42), type);
+  std::vector<float> gelu_ref(n), dgelu_ref(n), tanh_ref(n), dtanh_ref(n), drop_ref(n);
+  kc::gelu_forward(gelu_ref.data(), x.data(), n);
+  kc::gelu_backward(dgelu_ref.data(), x.data(), dout.data(), n);
+  kc::tanh_forward(tanh_ref.data(), x.data(), n);
+  const auto tanh_out = rounded(tanh_ref, type);
+  kc::tanh_backward(dtanh_ref.data(), tanh_out.data(), dout.data(), n);
+  const DropoutSite site = make_site(1, 0.25f);
+  kc::dropout_forward(drop_ref.data(), x.data(), n, site);
+
+  DeviceArray dx(x, type), ddout(dout, type), out(n, type), dtanh_in(tanh_out, type);
+  auto run = [&](auto&& launch, const std::vector<float>& ref, const std::string& what) {
+    out.poison();
+    launch();
+    CUDA_CHECK(cudaDeviceSynchronize());
+    expect_close(out.get(), ref, tolerance(type), what);
+  };
+  run([&] { cu::gelu_forward(out.ptr(), dx.ptr(), type, n, nullptr); }, gelu_ref, "gelu");
+  run([&] { cu::gelu_backward(out.ptr(), dx.ptr(), ddout.ptr(), type, n, nullptr); }, dgelu_ref, "gelu backward");
+  run([&] { cu::tanh_forward(out.ptr(), dx.ptr(), type, n, nullptr); }, tanh_ref, "tanh");
+  run([&] { cu::tanh_backward(out.ptr(), dtanh_in.ptr(), ddout.ptr(), type, n, nullptr); }, dtanh_ref, "tanh backward");
+  out.poison();
+  cu::dropout_forward(out.ptr(), dx.ptr(), type, n, site, nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  const auto dropped = out.get();
+  size_t zeros = 0;
+  for (size_t i = 0; i < n; ++i) {
+    // Same mask bit for bit: an element is zero on the GPU exactly where the CPU dropped it.
+    ASSERT_EQ(dropped[i] == 0.0f, drop_ref[i] == 0.0f) << "dropout mask differs at element " << i;
+    zeros += dropped[i] == 0.0f;
+  }
+  EXPECT_NEAR(double(zeros) / n, 0.25, 0.02);
+  expect_close(dropped, drop_ref, tolerance(type), "dropout values");
+}
+
+TEST_P(CudaKernels, SoftmaxCrossEntropyMatchesCpu) {
+  REQUIRE_CUDA();
+  const DType type = GetParam();
+  for (const int C : {2, 5, 37}) {
+    const int rows = 29;
+    const auto logits = random_vector(size_t(rows) * C, 50 + C, 3.0f);
+    std::vector<int32_t> labels(rows);
+    for (int r = 0; r < rows; ++r) labels[r] = (r * 7 + 3) % C;
+    std::vector<float> loss_ref(rows), probs(logits.size()), dlogits_ref(logits.size());
+    std::vector<int32_t> pred_ref(rows);
+    kc::softmax_cross_entropy_forward(loss_ref.data(), probs.data(), pred_ref.data(), logits.data(), labels.data(), rows, C);
+    kc::softmax_cross_entropy_backward(dlogits_ref.data(), probs.data(), labels.data(), rows, C, 0.125f);
+    DeviceArray dlog(logits), loss(rows, DType::kF32), pred(rows, DType::kF32), dlogits(logits.size(), type);
+    std::unique_ptr<DeviceArray> dlabels(upload_ints(labels));
+    loss.poison();
+    dlogits.poison();
+    cu::softmax_cross_entropy(loss.f32(), pred.i32(), dlogits.ptr(), type, dlog.f32(), dlabels->i32(), rows, C, 0.125f,
+                              nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    expect_close(loss.get(), loss_ref, 2e-5, "cross-entropy loss C=" + std::to_string(C));
+    expect_close(dlogits.get(), dlogits_ref, tolerance(type), "dlogits C=" + std::to_string(C));
+    EXPECT_EQ(download_ints(pred, rows), pred_ref) << "predictions C=" << C;
+  }
+}
+
+// ---- optimizer and norm (fp32 only: master weights) -------------------------------------------
+TEST(CudaKernelsFp32, AdamWMatchesCpuAndWritesTheLowPrecisionCopy) {
+  REQUIRE_CUDA();
+  const size_t n = 5003;
+  auto params = random_vector(n, 60), grads = random_vector(n, 61), m = random_vector(n, 62, 0.01f);
+  auto v = random_vector(n, 63, 0.01f);
+  for (float& x : v) x = x * x;
+  DeviceArray dp(params), dg(grads), dm(m), dv(v), low(n, DType::kBF16);
+  for (int64_t step = 1; step <= 3; ++step) {
+    kc::AdamWScalars s;
+    s.lr = 1e-3f;
+    s.weight_decay = step == 2 ? 0.0f : 0.01f;
+    s.grad_scale = 0.5f;
+    s.step = step;
+    kc::adamw_update(params.data(), grads.data(), m.data(), v.data(), n, s);
+    cu::AdamWScalars c;
+    c.lr = s.lr;
+    c.weight_decay = s.weight_decay;
+    c.grad_scale = s.grad_scale;
+    c.step = step;
+    cu::adamw_update(dp.f32(), dg.f32(), dm.f32(), dv.f32(), n, c, low.ptr(), DType::kBF16, nullptr);
+  }
+  CUDA_CHECK(cudaDeviceSynchronize());
+  expect_close(dp.get(), params, 1e-6, "params after 3 AdamW steps");
+  expect_close(dm.get(), m, 1e-6, "exp_avg");
+  expect_close(dv.get(), v, 1e-6, "exp_avg_sq");
+  expect_close(low.get(), params, 1e-2, "bf16 copy");
+}
+
+TEST(CudaKernelsFp32, SumOfSquaresMatchesCpuAndIsDeterministic) {
+  REQUIRE_CUDA();
+  for (const size_t n : {size_t(1), size_t(4097), size_t(3000001)}) {
+    const auto g = random_vector(n, 70 + uint32_t(n % 1000));
+    DeviceArray dg(g), partial(cu::kGradNormBlocks * 2, DType::kF32);
+    const double ref = kc::sum_of_squares(g.data(), n);
+    const double a = cu::sum_of_squares(dg.f32(), n, reinterpret_cast<double*>(partial.ptr()), nullptr);
+    const double b = cu::sum_of_squares(dg.f32(), n, reinterpret_cast<double*>(partial.ptr()), nullptr);
+    EXPECT_NEAR(a, ref, 1e-10 * ref) << "n=" << n;
+    EXPECT_EQ(a, b) << "two runs differ";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Types, CudaKernels, ::testing::Values(DType::kF32, DType::kBF16, DType::kF16), type_name);
+
+}  // namespace
