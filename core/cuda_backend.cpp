@@ -16,8 +16,12 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <map>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -69,6 +73,75 @@ std::string resolve_cuda_precision(const std::string& precision, int device) {
 
 namespace {
 
+// Optional per-phase GPU time (LLMQS_CUDA_PROFILE=1): an event after each phase of the step,
+// differences summed by phase name, printed to stderr when the backend is destroyed. Off by
+// default: with it off `mark` is one branch. This is how docs/performance.md attributes time.
+class PhaseProfile {
+ public:
+  explicit PhaseProfile(cudaStream_t stream) : stream_(stream) {
+    const char* env = std::getenv("LLMQS_CUDA_PROFILE");
+    enabled_ = env && *env && std::string(env) != "0";
+  }
+  ~PhaseProfile() {
+    if (!enabled_) return;
+    collect();
+    double total = 0.0;
+    for (const auto& [name, ms] : total_ms_) total += ms;
+    std::fprintf(stderr, "[ profile ] %d steps, %.3f ms/step of GPU time in marked phases\n", steps_, total / std::max(1, steps_));
+    std::vector<std::pair<double, std::string>> order;
+    for (const auto& [name, ms] : total_ms_) order.emplace_back(-ms, name);
+    std::sort(order.begin(), order.end());
+    for (const auto& [neg_ms, name] : order)
+      std::fprintf(stderr, "[ profile ] %-16s %9.3f ms/step %5.1f%%\n", name.c_str(), -neg_ms / std::max(1, steps_),
+                   100.0 * -neg_ms / std::max(1e-9, total));
+    for (cudaEvent_t e : pool_) cudaEventDestroy(e);
+  }
+  bool enabled() const { return enabled_; }
+  // Ends the phase `name` (it began at the previous mark or begin()).
+  void mark(const char* name) {
+    if (!enabled_) return;
+    cudaEvent_t e = next_event();
+    CUDA_CHECK(cudaEventRecord(e, stream_));
+    marks_.emplace_back(name, e);
+  }
+  void begin_step() {
+    if (!enabled_) return;
+    collect();
+    ++steps_;
+    mark("");  // the step's start (a host gap before it is not counted)
+  }
+  // Sums the marks recorded so far (synchronises on the last).
+  void collect() {
+    if (!enabled_ || marks_.empty()) return;
+    CUDA_CHECK(cudaEventSynchronize(marks_.back().second));
+    for (size_t i = 1; i < marks_.size(); ++i) {
+      if (marks_[i].first[0] == 0) continue;
+      float ms = 0.0f;
+      CUDA_CHECK(cudaEventElapsedTime(&ms, marks_[i - 1].second, marks_[i].second));
+      total_ms_[marks_[i].first] += ms;
+    }
+    marks_.clear();
+    used_ = 0;
+  }
+
+ private:
+  cudaEvent_t next_event() {
+    if (used_ == pool_.size()) {
+      cudaEvent_t e;
+      CUDA_CHECK(cudaEventCreate(&e));
+      pool_.push_back(e);
+    }
+    return pool_[used_++];
+  }
+  cudaStream_t stream_;
+  bool enabled_ = false;
+  int steps_ = 0;
+  std::vector<cudaEvent_t> pool_;
+  size_t used_ = 0;
+  std::vector<std::pair<std::string, cudaEvent_t>> marks_;
+  std::map<std::string, double> total_ms_;
+};
+
 // Element offsets of one layer's parameters in the flat buffer.
 struct LayerParams {
   size_t q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b, ln1_g, ln1_b, i_w, i_b, f_w, f_b, ln2_g, ln2_b;
@@ -93,6 +166,7 @@ class CudaBackend final : public Backend {
     check_device_memory_fits(config_, max_rows, max_seq_len, precision_, free_bytes);
     CUDA_CHECK(cudaMalloc(&arena_, plan_.arena_bytes));
     CUDA_CHECK(cudaStreamCreate(&stream_));
+    profile_ = std::make_unique<PhaseProfile>(stream_);
     matmul_ = std::make_unique<cu::MatmulContext>(arena_ + plan_.matmul_workspace, plan_.matmul_workspace_bytes,
                                                   precision_ == "tf32");
     auto off = [&](const std::string& name) { return layout_.find(name).offset; };
@@ -138,6 +212,7 @@ class CudaBackend final : public Backend {
 
   ~CudaBackend() override {
     matmul_.reset();
+    profile_.reset();
     if (stream_) cudaStreamDestroy(stream_);
     if (arena_) cudaFree(arena_);
   }
@@ -168,7 +243,9 @@ class CudaBackend final : public Backend {
   BatchStats forward_backward(const data::Batch& batch, float loss_weight, const DropoutKey& dropout) override {
     if (batch.labels.size() != static_cast<size_t>(batch.rows))
       throw std::invalid_argument("forward_backward: the batch needs one label per row");
+    profile_->begin_step();
     upload(batch, true);
+    profile_->mark("upload");
     run_forward(dropout, true, loss_weight);
     run_backward();
     return read_stats(batch, nullptr);
@@ -184,8 +261,10 @@ class CudaBackend final : public Backend {
 
   float* gradient_buffer() override { return grads(); }
   double gradient_sq_norm() override {
-    return cu::sum_of_squares(grads(), layout_.total_numel(), reinterpret_cast<double*>(arena_ + plan_.grad_norm_partial),
-                              stream_);
+    const double sq = cu::sum_of_squares(grads(), layout_.total_numel(),
+                                         reinterpret_cast<double*>(arena_ + plan_.grad_norm_partial), stream_);
+    profile_->mark("grad_norm");
+    return sq;
   }
 
   void adamw_step(const AdamWHyper& hyper) override {
@@ -203,6 +282,7 @@ class CudaBackend final : public Backend {
       cu::adamw_update(params() + p.offset, grads() + p.offset, f32(plan_.adam_m) + p.offset,
                        f32(plan_.adam_v) + p.offset, p.numel, s, low ? low_weight(p.offset) : nullptr, type_, stream_);
     }
+    profile_->mark("adamw");
   }
 
  private:
@@ -325,6 +405,7 @@ class CudaBackend final : public Backend {
     cu::layernorm_forward(act(plan_.h0), nullptr, f32(plan_.emb_mean), f32(plan_.emb_rstd), act(plan_.emb_sum), nullptr,
                           P(ln0_g_), P(ln0_b_), type_, N, C, eps, none, site(kernels::kEmbeddingDropoutId, hidden_p),
                           stream_);
+    profile_->mark("embed_fwd");
     const cu::AttentionScratch att = attention_scratch();
     void* dense_out = act(plan_.d_tmp);  // free during the forward
     for (int l = 0; l < config_.num_hidden_layers; ++l) {
@@ -334,18 +415,31 @@ class CudaBackend final : public Backend {
       linear(x, lp.q_w, lp.q_b, act(a.q), N, C, C);
       linear(x, lp.k_w, lp.k_b, act(a.k), N, C, C);
       linear(x, lp.v_w, lp.v_b, act(a.v), N, C, C);
-      cu::attention_forward(act(a.ctx), act(a.probs), act(a.q), act(a.k), act(a.v), lengths, type_, B, S, C, H,
-                            layer_site(l, kernels::LayerDropoutSite::kAttentionProbs, attn_p), att, *matmul_, stream_);
+      profile_->mark("qkv_fwd");
+      if (plan_.fused_attention)
+        cu::flash_attention_forward(act(a.ctx), f32(a.probs), act(a.q), act(a.k), act(a.v), lengths, type_, B, S, C, H,
+                                    layer_site(l, kernels::LayerDropoutSite::kAttentionProbs, attn_p), stream_);
+      else
+        cu::attention_forward(act(a.ctx), act(a.probs), act(a.q), act(a.k), act(a.v), lengths, type_, B, S, C, H,
+                              layer_site(l, kernels::LayerDropoutSite::kAttentionProbs, attn_p), att, *matmul_,
+                              stream_);
+      profile_->mark("attention_fwd");
       linear(act(a.ctx), lp.o_w, lp.o_b, dense_out, N, C, C);
+      profile_->mark("o_fwd");
       cu::layernorm_forward(act(a.attn_out), act(a.attn_sum), f32(a.attn_mean), f32(a.attn_rstd), dense_out, x,
                             P(lp.ln1_g), P(lp.ln1_b), type_, N, C, eps,
                             layer_site(l, kernels::LayerDropoutSite::kAttentionOutput, hidden_p), none, stream_);
+      profile_->mark("ln_fwd");
       linear(act(a.attn_out), lp.i_w, lp.i_b, act(a.ffn_pre), N, C, I);
+      profile_->mark("ffn1_fwd");
       cu::gelu_forward(act(a.ffn_act), act(a.ffn_pre), type_, static_cast<size_t>(N) * I, stream_);
+      profile_->mark("gelu_fwd");
       linear(act(a.ffn_act), lp.f_w, lp.f_b, dense_out, N, I, C);
+      profile_->mark("ffn2_fwd");
       cu::layernorm_forward(act(a.out), act(a.ffn_sum), f32(a.ffn_mean), f32(a.ffn_rstd), dense_out, act(a.attn_out),
                             P(lp.ln2_g), P(lp.ln2_b), type_, N, C, eps,
                             layer_site(l, kernels::LayerDropoutSite::kFeedForwardOutput, hidden_p), none, stream_);
+      profile_->mark("ln_fwd");
     }
     // Pooler on the [CLS] rows: row r of the product reads token r * S (lda = S * C).
     cu::GemmArgs pool;
@@ -374,6 +468,7 @@ class CudaBackend final : public Backend {
     if (has_labels_)
       cu::softmax_cross_entropy(f32(plan_.row_loss), i32(plan_.prediction), training ? act(plan_.dlogits) : nullptr,
                                 type_, f32(plan_.logits), i32(plan_.labels), B, L, loss_weight, stream_);
+    profile_->mark("head_fwd");
   }
 
   const void* last_hidden() const { return layer_input(config_.num_hidden_layers); }
@@ -414,6 +509,7 @@ class CudaBackend final : public Backend {
     pool_x.b = low_weight(pool_w_), pool_x.ldb = C;
     pool_x.y = d_h, pool_x.ldy = static_cast<int64_t>(S) * C;
     matmul_->gemm(pool_x, stream_);
+    profile_->mark("head_bwd");
 
     const cu::AttentionScratch att = attention_scratch();
     for (int l = config_.num_hidden_layers - 1; l >= 0; --l) {
@@ -425,22 +521,36 @@ class CudaBackend final : public Backend {
                              f32(a.ffn_rstd), P(lp.ln2_g), type_, N, C,
                              layer_site(l, kernels::LayerDropoutSite::kFeedForwardOutput, hidden_p), none, scratch(),
                              stream_);
+      profile_->mark("ln_bwd");
       linear_grad(d_tmp, act(a.ffn_act), lp.f_w, lp.f_b, d_ffn, 0.0f, N, I, C);
+      profile_->mark("ffn2_bwd");
       cu::gelu_backward(d_ffn, act(a.ffn_pre), d_ffn, type_, static_cast<size_t>(N) * I, stream_);
+      profile_->mark("gelu_bwd");
       linear_grad(d_ffn, act(a.attn_out), lp.i_w, lp.i_b, d_sum, 1.0f, N, C, I);
+      profile_->mark("ffn1_bwd");
       // Attention LayerNorm: d_h = d(layer input) via the residual, d_tmp = d(O projection output).
       cu::layernorm_backward(d_h, d_tmp, G(lp.ln1_g), G(lp.ln1_b), d_sum, act(a.attn_sum), f32(a.attn_mean),
                              f32(a.attn_rstd), P(lp.ln1_g), type_, N, C,
                              layer_site(l, kernels::LayerDropoutSite::kAttentionOutput, hidden_p), none, scratch(),
                              stream_);
+      profile_->mark("ln_bwd");
       linear_grad(d_tmp, act(a.ctx), lp.o_w, lp.o_b, act(plan_.d_ctx), 0.0f, N, C, C);
-      cu::attention_backward(act(plan_.d_q), act(plan_.d_k), act(plan_.d_v), act(plan_.d_ctx), act(a.q), act(a.k),
-                             act(a.v), act(a.probs), i32(plan_.lengths), type_, B, S, C, H,
-                             layer_site(l, kernels::LayerDropoutSite::kAttentionProbs, attn_p), att, *matmul_,
-                             stream_);
+      profile_->mark("o_bwd");
+      if (plan_.fused_attention)
+        cu::flash_attention_backward(act(plan_.d_q), act(plan_.d_k), act(plan_.d_v), act(plan_.d_ctx), act(a.ctx),
+                                     act(a.q), act(a.k), act(a.v), f32(a.probs), f32(plan_.att_scores),
+                                     i32(plan_.lengths), type_, B, S, C, H,
+                                     layer_site(l, kernels::LayerDropoutSite::kAttentionProbs, attn_p), stream_);
+      else
+        cu::attention_backward(act(plan_.d_q), act(plan_.d_k), act(plan_.d_v), act(plan_.d_ctx), act(a.q), act(a.k),
+                               act(a.v), act(a.probs), i32(plan_.lengths), type_, B, S, C, H,
+                               layer_site(l, kernels::LayerDropoutSite::kAttentionProbs, attn_p), att, *matmul_,
+                               stream_);
+      profile_->mark("attention_bwd");
       linear_grad(act(plan_.d_q), x, lp.q_w, lp.q_b, d_h, 1.0f, N, C, C);
       linear_grad(act(plan_.d_k), x, lp.k_w, lp.k_b, d_h, 1.0f, N, C, C);
       linear_grad(act(plan_.d_v), x, lp.v_w, lp.v_b, d_h, 1.0f, N, C, C);
+      profile_->mark("qkv_bwd");
     }
     cu::layernorm_backward(d_sum, nullptr, G(ln0_g_), G(ln0_b_), d_h, act(plan_.emb_sum), f32(plan_.emb_mean),
                            f32(plan_.emb_rstd), P(ln0_g_), type_, N, C, none,
@@ -448,6 +558,7 @@ class CudaBackend final : public Backend {
     cu::embeddings_backward(G(word_), G(position_), G(token_type_), d_sum, type_, i32(plan_.group_token),
                             i32(plan_.group_offset), i32(plan_.group_position),
                             static_cast<int>(groups_.token.size()), B, S, C, scratch(), stream_);
+    profile_->mark("embed_bwd");
   }
 
   BatchStats read_stats(const data::Batch& batch, float* logits_host) {
@@ -480,6 +591,7 @@ class CudaBackend final : public Backend {
   char* arena_ = nullptr;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<cu::MatmulContext> matmul_;
+  std::unique_ptr<PhaseProfile> profile_;
   size_t word_ = 0, position_ = 0, token_type_ = 0, ln0_g_ = 0, ln0_b_ = 0;
   size_t pool_w_ = 0, pool_b_ = 0, cls_w_ = 0, cls_b_ = 0;
   std::vector<LayerParams> layers_;

@@ -44,10 +44,18 @@ struct DeviceMemoryPlan {
   size_t reduce_scratch, matmul_workspace;
   size_t matmul_workspace_bytes = 0;
 
+  // bf16/fp16 with head_dim 32 or 64: kernels/flash_attention.cu (no seq x seq buffers);
+  // otherwise the unfused kernels/attention.cu with its materialised scores.
+  bool fused_attention = false;
+
   size_t arena_bytes = 0;     // one cudaMalloc of this size
   size_t overhead_bytes = 0;  // CUDA context, cuBLASLt handle, NCCL buffers (an allowance)
   size_t total_bytes() const { return arena_bytes + overhead_bytes; }
 };
+
+// Whether the plan uses fused (flash) attention: bf16/fp16, head_dim 32 or 64, and (for now)
+// LLMQS_ATTENTION=fused in the environment; see docs/performance.md for why it is opt-in.
+bool fused_attention_planned(const BertConfig& config, const std::string& precision);
 
 // precision: fp32 | tf32 | bf16 | fp16 (already resolved; "auto" is not accepted here).
 DeviceMemoryPlan plan_device_memory(const BertConfig& config, int max_rows, int max_seq_len,

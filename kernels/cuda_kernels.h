@@ -117,6 +117,20 @@ void attention_backward(void* dq, void* dk, void* dv, const void* dctx, const vo
                         int C, int heads, const DropoutSite& dropout, const AttentionScratch& scratch,
                         MatmulContext& matmul, cudaStream_t stream);
 
+// ---- fused attention (kernels/flash_attention.cu; same CPU twin) --------------------------------
+// The same function as attention_forward/backward for bf16/fp16 and head_dim 32 or 64, on tensor
+// cores, without any seq x seq buffer: the forward saves lse [rows x heads x seq] fp32 (log2
+// domain) instead of probs; the backward recomputes P and the Philox mask from it. delta_scratch:
+// [rows x heads x seq] fp32. dq, dk, dv are overwritten. Unsupported shapes throw.
+bool flash_attention_supported(DType type, int C, int heads);
+void flash_attention_forward(void* ctx, float* lse, const void* q, const void* k, const void* v,
+                             const int32_t* lengths, DType type, int rows, int seq, int C, int heads,
+                             const DropoutSite& dropout, cudaStream_t stream);
+void flash_attention_backward(void* dq, void* dk, void* dv, const void* dctx, const void* ctx, const void* q,
+                              const void* k, const void* v, const float* lse, float* delta_scratch,
+                              const int32_t* lengths, DType type, int rows, int seq, int C, int heads,
+                              const DropoutSite& dropout, cudaStream_t stream);
+
 // ---- softmax cross-entropy (kernels/softmax_cross_entropy.cu; CPU twin ...cpu/softmax_cross_entropy.h)
 // logits fp32 [rows x C]; writes loss [rows] fp32, prediction [rows], and when dlogits is not
 // null, dlogits[r, c] = loss_weight * (softmax - onehot) in `dlogits_type`. One warp per row.

@@ -20,6 +20,7 @@
 #include "core/backend.h"
 #include "core/cpu_backend.h"
 #include "core/cuda_backend.h"
+#include "core/bench.h"
 #include "core/device_memory.h"
 #include "core/parameters.h"
 
@@ -107,8 +108,8 @@ void expect_tensors_close(const core::ParameterLayout& layout, const std::vector
             << worst << " (" << worst_name << ")\n";
 }
 
-void run_parity(const std::string& precision, double loss_tol, double grad_tol, double weight_tol) {
-  const BertConfig c = tiny_config();
+void run_parity(const std::string& precision, double loss_tol, double grad_tol, double weight_tol,
+                const BertConfig& c = tiny_config()) {
   const bool fp32 = precision == "fp32";
   // fp16 needs loss scaling, as the trainer applies it: small attention gradients are subnormal
   // in fp16 otherwise. The scale is a power of two, so unscaling is exact.
@@ -215,6 +216,30 @@ TEST(CudaBackend, Fp16TrainingStepsTrackTheCpuBackend) {
   run_parity("fp16", 1e-2, 3e-2, 0.0);
 }
 
+// head_dim 32: bf16/fp16 run the fused tensor-core attention (kernels/flash_attention.cu).
+BertConfig tiny_fused_attention_config() {
+  BertConfig c = tiny_config();
+  c.hidden_size = 64;
+  c.num_attention_heads = 2;
+  return c;
+}
+
+TEST(CudaBackend, Bf16FusedAttentionTrainingStepsTrackTheCpuBackend) {
+  REQUIRE_CUDA();
+  ::setenv("LLMQS_ATTENTION", "fused", 1);
+  ASSERT_TRUE(core::fused_attention_planned(tiny_fused_attention_config(), "bf16"));
+  run_parity("bf16", 1e-2, 3e-2, 0.0, tiny_fused_attention_config());
+  ::unsetenv("LLMQS_ATTENTION");
+}
+
+TEST(CudaBackend, Fp16FusedAttentionTrainingStepsTrackTheCpuBackend) {
+  REQUIRE_CUDA();
+  ::setenv("LLMQS_ATTENTION", "fused", 1);
+  ASSERT_TRUE(core::fused_attention_planned(tiny_fused_attention_config(), "fp16"));
+  run_parity("fp16", 1e-2, 3e-2, 0.0, tiny_fused_attention_config());
+  ::unsetenv("LLMQS_ATTENTION");
+}
+
 TEST(CudaBackend, RefusesBatchesBeyondItsArenaAndBadTokens) {
   REQUIRE_CUDA();
   const BertConfig c = tiny_config();
@@ -274,6 +299,84 @@ TEST(CudaBackend, BertBaseStepThroughput) {
               << " TFLOP/s, grad sq-norm " << norm << "\n";
     EXPECT_TRUE(std::isfinite(norm));
   }
+}
+
+// ---- `llmqs-dist bench`: batch shapes and a cpu-backend run, host only -------------------------
+TEST(Bench, YelpLengthsFollowTheReferenceLogNormalAndPaddingRules) {
+  core::BenchConfig c;
+  c.lengths = "yelp";
+  c.seq = 512;
+  c.batch = 64;
+  double sum = 0, rows = 0, at_cap = 0, padded_max = 0, padded_longest = 0, padded_grouped = 0;
+  for (const char* padding : {"max_length", "longest", "grouped"}) {
+    c.padding = padding;
+    const auto shapes = core::bench_batch_shapes(c);
+    ASSERT_EQ(shapes.size(), 64u) << padding;
+    for (const auto& s : shapes) {
+      ASSERT_EQ(s.lengths.size(), 64u);
+      const int longest = *std::max_element(s.lengths.begin(), s.lengths.end());
+      EXPECT_GE(s.width, longest);
+      EXPECT_LE(s.width, 512);
+      EXPECT_EQ(s.width % 8, 0);
+      if (c.padding != "max_length") {
+        EXPECT_LT(s.width, longest + 8);
+      }
+      double& padded = c.padding == "max_length" ? padded_max : c.padding == "longest" ? padded_longest : padded_grouped;
+      padded += double(s.width) * s.lengths.size();
+      for (int32_t l : s.lengths) {
+        ASSERT_GE(l, 8);
+        ASSERT_LE(l, 512);
+        if (c.padding == "max_length") {
+          sum += l, rows += 1, at_cap += l == 512;
+        }
+      }
+    }
+  }
+  // log-normal(4.846, 0.826) clamped to 8..512: mean ~166, ~4.4% at the cap (MISSION.md: ~170, 4.6%).
+  EXPECT_NEAR(sum / rows, 166.0, 8.0);
+  EXPECT_NEAR(at_cap / rows, 0.044, 0.012);
+  EXPECT_DOUBLE_EQ(padded_max, 64.0 * 64 * 512);
+  // A random batch of 64 almost always holds a review near 512, so `longest` saves little;
+  // grouping sorts mega-batches and pads about a third as much (numpy, same model: 0.34-0.37).
+  EXPECT_LE(padded_longest, padded_max);
+  EXPECT_GT(padded_longest, 0.95 * padded_max);
+  EXPECT_GT(padded_grouped, 0.25 * padded_longest);
+  EXPECT_LT(padded_grouped, 0.45 * padded_longest);
+  c.padding = "shortest";
+  EXPECT_THROW(core::bench_batch_shapes(c), std::invalid_argument);
+  c.padding = "grouped";
+  c.lengths = "zipf";
+  EXPECT_THROW(core::bench_batch_shapes(c), std::invalid_argument);
+}
+
+TEST(Bench, CpuBackendRunReportsConsistentThroughput) {
+  core::BenchConfig c;
+  c.backend = "cpu";
+  c.model = tiny_config();
+  c.seq = 16;
+  c.batch = 3;
+  c.steps = 2;
+  c.warmup = 1;
+  c.peak_tflops = 1.0;
+  const core::BenchResult r = core::run_training_bench(c, std::chrono::steady_clock::now());
+  EXPECT_EQ(r.dtype, "fp32");
+  EXPECT_GT(r.ms_per_step, 0.0);
+  EXPECT_NEAR(r.tok_per_s, 3.0 * 16 / (r.ms_per_step / 1e3), 1e-6 * r.tok_per_s);
+  EXPECT_DOUBLE_EQ(r.tok_per_s, r.useful_tok_per_s);  // full lengths: no padding
+  // Non-embedding parameters of the tiny config: every tensor but the three tables and their LayerNorm.
+  const auto layout = core::ParameterLayout::for_bert(c.model);
+  const int64_t embed = int64_t(c.model.vocab_size + c.model.max_position_embeddings + c.model.type_vocab_size + 2) *
+                        c.model.hidden_size;
+  EXPECT_EQ(r.non_embedding_params, int64_t(layout.total_numel()) - embed);
+  const double flops_tok = 6.0 * r.non_embedding_params + 12.0 * c.model.num_hidden_layers * 16 * c.model.hidden_size;
+  EXPECT_NEAR(r.model_tflops, r.tok_per_s * flops_tok / 1e12, 1e-9);
+  EXPECT_NEAR(r.mfu, r.model_tflops / 1.0, 1e-12);
+  EXPECT_TRUE(std::isfinite(r.final_loss));
+  EXPECT_NEAR(r.final_loss, std::log(5.0), 0.5);  // random init: about ln(num_labels)
+  const std::string json = core::bench_result_json(r);
+  for (const char* key : {"\"system\":\"llmqs-dist\"", "\"tok_per_s\":", "\"useful_tok_per_s\":", "\"mfu\":",
+                          "\"yelp_epoch_s\":null", "\"peak_mem_gib\":", "\"launch_to_first_step_s\":"})
+    EXPECT_NE(json.find(key), std::string::npos) << key << " in " << json;
 }
 
 // ---- the memory plan: host arithmetic, runs everywhere ----------------------------------------

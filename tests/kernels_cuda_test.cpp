@@ -369,6 +369,64 @@ TEST_P(CudaKernels, AttentionWithPaddingAndDropoutMatchesCpu) {
   }
 }
 
+// The fused tensor-core attention (bf16/fp16, head_dim 32 and 64) against the same CPU twin:
+// padding rows, a length-1 row, seq not a multiple of the 64-row tiles, dropout on and off.
+TEST_P(CudaKernels, FlashAttentionWithPaddingAndDropoutMatchesCpu) {
+  REQUIRE_CUDA();
+  const DType type = GetParam();
+  struct Shape {
+    int rows, seq, C, heads;
+    std::vector<int32_t> lengths;
+  };
+  EXPECT_FALSE(cu::flash_attention_supported(DType::kF32, 128, 2));
+  EXPECT_FALSE(cu::flash_attention_supported(type, 48, 3));  // head_dim 16: the unfused path
+  if (type == DType::kF32) return;
+  uint32_t seed = 900;
+  for (const Shape& s : {Shape{2, 128, 128, 2, {100, 128}}, Shape{3, 77, 96, 3, {77, 40, 1}},
+                         Shape{1, 200, 256, 4, {131}}}) {
+    ASSERT_TRUE(cu::flash_attention_supported(type, s.C, s.heads));
+    for (const float p : {0.0f, 0.1f}) {
+      const std::string what = "seq=" + std::to_string(s.seq) + " C=" + std::to_string(s.C) + " heads=" +
+                               std::to_string(s.heads) + " p=" + std::to_string(p);
+      const DropoutSite site = make_site(16, p);
+      const size_t n = size_t(s.rows) * s.seq * s.C, np = size_t(s.rows) * s.heads * s.seq * s.seq;
+      const size_t nl = size_t(s.rows) * s.heads * s.seq;
+      const auto q = rounded(random_vector(n, ++seed, 2.0f), type), k = rounded(random_vector(n, ++seed, 2.0f), type),
+                 v = rounded(random_vector(n, ++seed), type), dctx = rounded(random_vector(n, ++seed), type);
+      std::vector<float> ctx_ref(n), probs_ref(np), dq_ref(n), dk_ref(n), dv_ref(n);
+      kc::attention_forward(ctx_ref.data(), probs_ref.data(), q.data(), k.data(), v.data(), s.lengths.data(), s.rows,
+                            s.seq, s.C, s.heads, site);
+      kc::attention_backward(dq_ref.data(), dk_ref.data(), dv_ref.data(), dctx.data(), q.data(), k.data(), v.data(),
+                             probs_ref.data(), s.lengths.data(), s.rows, s.seq, s.C, s.heads, site);
+
+      DeviceArray dq_in(q, type), dk_in(k, type), dv_in(v, type), ddctx(dctx, type), ctx(n, type);
+      DeviceArray dq(n, type), dk(n, type), dv(n, type), lse(nl, DType::kF32), delta(nl, DType::kF32);
+      std::unique_ptr<DeviceArray> lengths(upload_ints(s.lengths));
+      ctx.poison();
+      dq.poison();
+      dk.poison();
+      dv.poison();
+      cu::flash_attention_forward(ctx.ptr(), lse.f32(), dq_in.ptr(), dk_in.ptr(), dv_in.ptr(), lengths->i32(), type,
+                                  s.rows, s.seq, s.C, s.heads, site, nullptr);
+      cu::flash_attention_backward(dq.ptr(), dk.ptr(), dv.ptr(), ddctx.ptr(), ctx.ptr(), dq_in.ptr(), dk_in.ptr(),
+                                   dv_in.ptr(), lse.f32(), delta.f32(), lengths->i32(), type, s.rows, s.seq, s.C,
+                                   s.heads, site, nullptr);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      expect_close(ctx.get(), ctx_ref, tolerance(type), "flash ctx " + what);
+      // The backward reads the GPU's rounded ctx (through delta): allow twice the forward's error.
+      expect_close(dq.get(), dq_ref, 2 * tolerance(type), "flash dq " + what);
+      expect_close(dk.get(), dk_ref, 2 * tolerance(type), "flash dk " + what);
+      expect_close(dv.get(), dv_ref, tolerance(type), "flash dv " + what);
+      // Keys past a row's length get exactly zero gradient (skipped tiles and masked keys alike).
+      const auto dk_got = dk.get();
+      for (int r = 0; r < s.rows; ++r)
+        for (int j = s.lengths[r]; j < s.seq; ++j)
+          for (int c = 0; c < s.C; ++c)
+            ASSERT_EQ(dk_got[(size_t(r) * s.seq + j) * s.C + c], 0.0f) << what << " row " << r << " key " << j;
+    }
+  }
+}
+
 // ---- elementwise ------------------------------------------------------------------------------
 TEST_P(CudaKernels, GeluTanhAndDropoutMatchCpu) {
   REQUIRE_CUDA();

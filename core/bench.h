@@ -1,0 +1,66 @@
+// Synthetic training throughput of one backend (`llmqs-dist bench`): random weights, random
+// tokens, dropout 0.1, AdamW, whole steps (zero grads, forward+backward, grad norm, AdamW) timed
+// after a warm-up. The batches, the padding rules and the reported keys are those of the PyTorch
+// reference script (shared/bench/pytorch_bert_baseline.py), so one JSON line of each can be put
+// side by side: same FLOP formula (6 x non-embedding parameters + 12 x layers x seq x hidden per
+// token), same yelp length model (log-normal mu 4.846, sigma 0.826, clamped to 8..seq), same
+// max_length / longest / grouped padding.
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/model_config.h"
+
+namespace llmqs::core {
+
+struct BenchConfig {
+  BertConfig model;                    // dropout probabilities as in BERT (0.1)
+  std::string backend = "cuda";        // cuda | cpu
+  std::string precision = "auto";      // cuda: auto | bf16 | fp16 | fp32 | tf32; cpu: fp32
+  int seq = 512;                       // padded width of a full batch (max_length)
+  int batch = 64;                      // rows per step
+  int steps = 20;                      // timed steps (yelp: at least the number of distinct batches)
+  int warmup = 10;                     // untimed steps first (yelp: likewise)
+  std::string lengths = "full";        // full | yelp
+  std::string padding = "max_length";  // max_length | longest | grouped (only with yelp lengths)
+  double peak_tflops = 0.0;            // dense bf16 peak for MFU; 0 = measure an 8192^3 product
+  uint64_t seed = 1;
+};
+
+// One distinct batch of the run: padded width and the real length of each row.
+struct BenchBatchShape {
+  int width = 0;
+  std::vector<int32_t> lengths;
+};
+
+// The script's make_batches: 4 full batches, or up to 64 batches drawn from batch x 100 yelp
+// lengths (grouped: sorted in mega-batches of 50 batches, then the batches shuffled).
+// Throws std::invalid_argument naming the option for unknown lengths/padding or sizes < 1.
+std::vector<BenchBatchShape> bench_batch_shapes(const BenchConfig& config);
+
+struct BenchResult {
+  std::string system = "llmqs-dist";
+  std::string backend, gpu, dtype, lengths, padding;
+  int seq = 0, batch = 0, layers = 0, hidden = 0, steps = 0, warmup = 0;
+  double ms_per_step = 0, seq_per_s = 0, tok_per_s = 0, useful_tok_per_s = 0;
+  double yelp_epoch_s = -1;  // < 0: not a yelp run (JSON null)
+  double model_tflops = 0, peak_tflops = 0, mfu = 0;
+  double peak_mem_gib = 0;        // the backend's device arena (what it allocates; cf. torch max_memory_allocated)
+  double device_used_gib = 0;     // cudaMemGetInfo total - free after the run: arena + CUDA context + cuBLASLt
+  double warmup_s = 0, launch_to_first_step_s = 0;
+  int64_t non_embedding_params = 0;
+  double final_loss = 0;          // mean loss of the last timed step (finite: the step really ran)
+};
+
+// `launch` is when the process started (launch_to_first_step_s counts from it).
+BenchResult run_training_bench(const BenchConfig& config, std::chrono::steady_clock::time_point launch);
+
+// Dense bf16 cuBLASLt throughput of an n x n x n product (mean of 10 after 3 warm-ups), TFLOP/s.
+double measure_matmul_peak_tflops(int n = 8192);
+
+// One JSON object, the reference script's keys first (yelp_epoch_s null unless yelp lengths).
+std::string bench_result_json(const BenchResult& result);
+
+}  // namespace llmqs::core
