@@ -18,7 +18,7 @@ mpirun_cmd=(mpirun --oversubscribe -np "$ranks" -x OMP_NUM_THREADS=1)
 
 echo "== 1. the bundled sample (no download)"
 "$bin" sample --output_dir data/sample
-echo "== 2. tokenize into HDF5 token caches"
+echo "== 2. tokenize into HDF5 token caches (max_length 128, as configs/tiny.ini trains)"
 "$bin" prepare --input data/sample/train.csv --vocab data/sample/vocab.txt --do_lower_case true --max_length 128 --output data/sample/train.h5
 "$bin" prepare --input data/sample/test.csv --vocab data/sample/vocab.txt --do_lower_case true --max_length 128 --output data/sample/test.h5
 echo "== 3. train the tiny model, $ranks data-parallel ranks"
