@@ -58,6 +58,7 @@ std::string train_record_json(const TrainRecord& r) {
   j["learning_rate"] = r.learning_rate;
   j["grad_norm"] = r.grad_norm;
   j["tokens_per_s"] = r.tokens_per_s;
+  if (r.loss_scale > 0.0) j["loss_scale"] = r.loss_scale;
   return j.dump();
 }
 
@@ -131,7 +132,9 @@ std::string ProgressLog::log_train(const TrainRecord& r) {
   message("step " + std::to_string(r.step) + "/" + std::to_string(r.total_steps) + " | epoch " +
           format_epoch(r.epoch) + " | loss " + format_loss(r.loss) + " | lr " +
           printf_string("%.3e", r.learning_rate) + " | grad_norm " + printf_string("%.3f", r.grad_norm) + " | " +
-          format_rate(r.tokens_per_s) + " tok/s | ETA " + format_duration(r.eta_s));
+          format_rate(r.tokens_per_s) + " tok/s" +
+          (r.loss_scale > 0.0 ? " | loss_scale " + printf_string("%g", r.loss_scale) : std::string()) + " | ETA " +
+          format_duration(r.eta_s));
   return json;
 }
 

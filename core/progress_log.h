@@ -2,6 +2,7 @@
 //
 // Every record is one JSON object with HF Trainer log_history keys:
 //   training:   {"step", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_s"}
+//               (+ "loss_scale" in fp16 runs)
 //   evaluation: {"step", "epoch", "eval_loss", "eval_accuracy", "eval_macro_f1", "eval_samples"}
 // and the same text goes to stderr as one readable line. When stderr is a terminal a live
 // `\r` status line (step/total, epoch, ETA) is redrawn between records; otherwise only the
@@ -29,6 +30,7 @@ struct TrainRecord {
   double grad_norm = 0.0;      // global norm before clipping, last step
   double tokens_per_s = 0.0;   // real (non-padding) tokens, all ranks, since the previous record
   double eta_s = 0.0;          // estimated seconds to the last step
+  double loss_scale = 0.0;     // fp16 dynamic loss scale after the step; 0: not fp16 (not logged)
 };
 
 struct EvalRecord {

@@ -82,7 +82,8 @@ void TrainConfig::validate(bool for_training) const {
 
   // ---- device ----
   one_of("device", device, {"auto", "cpu", "cuda"});
-  one_of("precision", precision, {"auto", "bf16", "fp16", "fp32"});
+  one_of("precision", precision, {"auto", "bf16", "fp16", "fp32", "tf32"});
+  positive_finite("collective_timeout_s", collective_timeout_s);
 
   if (!for_training) return;
 

@@ -56,7 +56,10 @@ struct TrainConfig {
 
   // ---- device -------------------------------------------------------------------------------
   std::string device = "auto";     // auto | cpu | cuda
-  std::string precision = "auto";  // auto | bf16 | fp16 | fp32
+  std::string precision = "auto";  // auto | bf16 | fp16 | fp32 | tf32 (auto: cpu fp32, sm_80+ bf16, else fp16)
+  // A rank waits at most this long for the others at a collective; then the job is aborted with
+  // a message naming the rank that did not arrive (a crashed or hung rank never hangs the job).
+  double collective_timeout_s = 300.0;
 
   // ---- checkpoints (stored here; core/checkpoint.* and its engineer give them meaning) ------
   int64_t save_steps = 0;                     // 0: only the final checkpoint

@@ -59,7 +59,23 @@ std::vector<std::vector<int64_t>> plan_batches(const std::vector<int64_t>& shard
   return plan;
 }
 
+namespace {
+
+std::vector<int64_t> checked_shard(const TokenizedDataset& dataset, const ShardedSampler& sampler, int64_t epoch) {
+  if (sampler.dataset_size() != dataset.size()) {
+    throw std::invalid_argument("BatchLoader: the sampler was made for " + std::to_string(sampler.dataset_size()) +
+                                " examples but the dataset has " + std::to_string(dataset.size()));
+  }
+  return sampler.indices(epoch);
+}
+
+}  // namespace
+
 BatchLoader::BatchLoader(TokenizedDataset& dataset, const ShardedSampler& sampler, int64_t epoch, int batch_size,
+                         int32_t pad_id, const BatchLoaderOptions& options)
+    : BatchLoader(dataset, checked_shard(dataset, sampler, epoch), epoch, batch_size, pad_id, options) {}
+
+BatchLoader::BatchLoader(TokenizedDataset& dataset, std::vector<int64_t> shard, int64_t epoch, int batch_size,
                          int32_t pad_id, const BatchLoaderOptions& options)
     : dataset_(dataset), epoch_(epoch), batch_size_(batch_size), pad_id_(pad_id), options_(options) {
   if (batch_size < 1) throw std::invalid_argument("BatchLoader: batch size " + std::to_string(batch_size) + " < 1");
@@ -67,13 +83,13 @@ BatchLoader::BatchLoader(TokenizedDataset& dataset, const ShardedSampler& sample
   if (options.pad_to_multiple_of < 1) {
     throw std::invalid_argument("BatchLoader: pad_to_multiple_of " + std::to_string(options.pad_to_multiple_of) + " < 1");
   }
-  if (sampler.dataset_size() != dataset.size()) {
-    throw std::invalid_argument("BatchLoader: the sampler was made for " + std::to_string(sampler.dataset_size()) +
-                                " examples but the dataset has " + std::to_string(dataset.size()));
-  }
+  if (options.max_positions < 0)
+    throw std::invalid_argument("BatchLoader: max_positions " + std::to_string(options.max_positions) + " < 0");
   const int max_length = dataset.info().max_length;
   max_seq_len_ = max_length > 0 ? static_cast<int>(round_up(max_length, options.pad_to_multiple_of)) : 0;
-  plan_ = plan_batches(sampler.indices(epoch), dataset.lengths(), batch_size, options.group_by_length,
+  if (options.max_positions > 0)
+    max_seq_len_ = max_seq_len_ > 0 ? std::min(max_seq_len_, options.max_positions) : options.max_positions;
+  plan_ = plan_batches(shard, dataset.lengths(), batch_size, options.group_by_length,
                        options.drop_last_batch);
   if (options.start_batch < 0 || options.start_batch > num_batches()) {
     throw std::invalid_argument("BatchLoader: start_batch " + std::to_string(options.start_batch) + " outside 0.." +
@@ -140,6 +156,12 @@ void BatchLoader::build_batch(int64_t batch_index, Batch& batch, std::vector<std
       throw std::runtime_error((info.source_file.empty() ? std::string("dataset") : info.source_file) + ": example " +
                                std::to_string(indices[r]) + " has " + std::to_string(rows[r].size()) +
                                " tokens, more than max_length " + std::to_string(info.max_length));
+    }
+    if (options_.max_positions > 0 && rows[r].size() > static_cast<size_t>(options_.max_positions)) {
+      throw std::runtime_error((info.source_file.empty() ? std::string("dataset") : info.source_file) + ": example " +
+                               std::to_string(indices[r]) + " has " + std::to_string(rows[r].size()) +
+                               " tokens, more than the model's max_position_embeddings " +
+                               std::to_string(options_.max_positions));
     }
     longest = std::max(longest, rows[r].size());
   }

@@ -5,7 +5,8 @@
 //             semantics) the shard is cut into mega-batches of 50 batches, each sorted by length
 //             descending before it is cut, and the batch holding the longest example goes first
 //   padding = each Batch is padded to its longest row rounded up to pad_to_multiple_of (never
-//             beyond max_length rounded up), padding positions hold pad_id
+//             beyond max_length rounded up, nor beyond the model's max_positions), padding
+//             positions hold pad_id
 // The batch list depends only on (sampler, epoch, batch_size, options), so `start_batch` resumes
 // mid-epoch with exactly the batches that were left.
 #pragma once
@@ -29,6 +30,9 @@ struct BatchLoaderOptions {
   bool drop_last_batch = false;  // drop this rank's last, smaller batch of the epoch
   int prefetch = 2;              // batches read ahead by the background thread, >= 1
   int64_t start_batch = 0;       // resume: skip this many batches of the epoch
+  // The model's max_position_embeddings: no batch is padded beyond it (max_length 20 with 20
+  // positions pads to 20, not 24) and a longer row is an error naming the example. 0: no limit.
+  int max_positions = 0;
 };
 
 // Batches of one epoch for `num_samples` examples (the count before start_batch is applied).
@@ -42,9 +46,13 @@ std::vector<std::vector<int64_t>> plan_batches(const std::vector<int64_t>& shard
 class BatchLoader {
  public:
   // `dataset` must outlive the loader and must not be read by anyone else meanwhile. Throws
-  // std::invalid_argument for batch_size < 1, prefetch < 1, pad_to_multiple_of < 1, a
-  // start_batch outside 0..num_batches, or a sampler made for another dataset size.
+  // std::invalid_argument for batch_size < 1, prefetch < 1, pad_to_multiple_of < 1, max_positions < 0,
+  // a start_batch outside 0..num_batches, or a sampler made for another dataset size.
   BatchLoader(TokenizedDataset& dataset, const ShardedSampler& sampler, int64_t epoch, int batch_size, int32_t pad_id,
+              const BatchLoaderOptions& options = {});
+  // Over an explicit shard (this rank's example indices, in order) instead of a sampler's: the
+  // trainer uses it for the rest of an epoch re-sharded over another number of ranks.
+  BatchLoader(TokenizedDataset& dataset, std::vector<int64_t> shard, int64_t epoch, int batch_size, int32_t pad_id,
               const BatchLoaderOptions& options = {});
   ~BatchLoader();  // stops and joins the reader thread, even mid-epoch
   BatchLoader(const BatchLoader&) = delete;
@@ -67,7 +75,7 @@ class BatchLoader {
   int batch_size_;
   int32_t pad_id_;
   BatchLoaderOptions options_;
-  int max_seq_len_;  // max_length rounded up to pad_to_multiple_of (0: no limit known)
+  int max_seq_len_;  // min(max_length rounded up to pad_to_multiple_of, max_positions); 0: no limit known
   std::vector<std::vector<int64_t>> plan_;
   int64_t next_to_deliver_;
 

@@ -24,6 +24,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <stdexcept>
+#include <utility>
 
 namespace llmqs::data {
 
@@ -462,17 +463,33 @@ WordPieceTokenizer WordPieceTokenizer::from_file(const std::string& path, bool d
     }
   }
   tok.finish_construction();
-  if (!is_json) {
-    // BertWordPieceTokenizer registers these as special (added) tokens when the vocabulary has them.
-    for (const char* special : {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}) {
-      const int32_t id = tok.word_start_.find(special);
-      if (id >= 0) tok.added_tokens_.push_back({special, id});
-    }
-  }
-  for (const auto& added : tok.added_tokens_) {
-    tok.added_first_byte_[static_cast<unsigned char>(added.content[0])] = true;
-  }
+  if (!is_json) tok.register_vocab_txt_specials();
+  tok.index_added_tokens();
   return tok;
+}
+
+WordPieceTokenizer WordPieceTokenizer::from_tokens(std::vector<std::string> tokens, bool do_lower_case,
+                                                   std::string source_name) {
+  WordPieceTokenizer tok;
+  tok.source_path_ = std::move(source_name);
+  tok.do_lower_case_ = do_lower_case;
+  tok.tokens_ = std::move(tokens);
+  tok.finish_construction();
+  tok.register_vocab_txt_specials();
+  tok.index_added_tokens();
+  return tok;
+}
+
+void WordPieceTokenizer::register_vocab_txt_specials() {
+  // BertWordPieceTokenizer registers these as special (added) tokens when the vocabulary has them.
+  for (const char* special : {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}) {
+    const int32_t id = word_start_.find(special);
+    if (id >= 0) added_tokens_.push_back({special, id});
+  }
+}
+
+void WordPieceTokenizer::index_added_tokens() {
+  for (const auto& added : added_tokens_) added_first_byte_[static_cast<unsigned char>(added.content[0])] = true;
 }
 
 void WordPieceTokenizer::finish_construction() {

@@ -18,6 +18,10 @@ class WordPieceTokenizer {
   // Throws std::runtime_error naming the file for: missing/unreadable file, empty vocabulary, missing
   // [UNK]/[CLS]/[SEP]/[PAD], duplicate tokens (name the line), non-WordPiece tokenizer.json.
   static WordPieceTokenizer from_file(const std::string& path, bool do_lower_case);
+  // A vocabulary already in memory (e.g. the one a checkpoint carries), taken as vocab.txt would be
+  // (id = index, [PAD]/[UNK]/[CLS]/[SEP]/[MASK] matched verbatim in the text) but without a file.
+  // `source_name` stands for the file in error messages (duplicate tokens name it and the id + 1).
+  static WordPieceTokenizer from_tokens(std::vector<std::string> tokens, bool do_lower_case, std::string source_name);
   // [CLS] wordpieces [SEP], truncated (dropping trailing wordpieces) so the result has at most max_length ids.
   std::vector<int32_t> encode(std::string_view text, int max_length) const;
   void encode_into(std::string_view text, int max_length, std::vector<int32_t>& out) const;  // clears out first
@@ -55,6 +59,8 @@ class WordPieceTokenizer {
 
   WordPieceTokenizer() = default;
   void finish_construction();  // lookup tables, special ids, hash; throws naming the file
+  void register_vocab_txt_specials();  // BertWordPieceTokenizer's added special tokens
+  void index_added_tokens();           // added_first_byte_ from added_tokens_
   // Runs normalizer + pre-tokenizer + WordPiece over text, appending ids to out until out holds
   // `limit` ids (limit < 0: no limit).
   void append_wordpiece_ids(std::string_view text, int64_t limit, std::vector<int32_t>& out) const;

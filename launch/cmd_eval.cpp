@@ -62,7 +62,8 @@ int run_eval(int argc, char** argv) {
   overrides.max_length = vm.count("max_length") > 0;
   overrides.label_offset = vm.count("label_offset") > 0;
 
-  std::unique_ptr<comm::Communicator> comm = core::make_communicator(options.config.device);
+  std::unique_ptr<comm::Communicator> comm;
+  if (!succeeded_on_every_rank(*control, [&] { comm = core::make_communicator(options.config.device); })) return 1;
   core::EvalMetrics metrics;
   try {
     metrics = core::evaluate_checkpoint(options.checkpoint, options.config, overrides, *comm);

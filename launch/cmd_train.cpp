@@ -1,4 +1,5 @@
-// `llmqs-dist train`: options -> TrainConfig -> core::Trainer, on every MPI rank.
+// `llmqs-dist train`: options -> TrainConfig -> core::Trainer, on every MPI rank, and the exit
+// code that tells a job script what happened.
 #include <iostream>
 #include <memory>
 
@@ -9,6 +10,10 @@
 #include "launch/train_options.h"
 
 namespace llmqs::launch {
+
+// Exit codes besides 0 / 1 (error) / 2 (usage): 3 a numerical fault (NaN/Inf loss or gradient,
+// the last good checkpoint kept), 130 SIGINT, 143 SIGTERM (checkpoint written, resumable).
+constexpr int kNumericalFaultExit = 3;
 
 int run_train(int argc, char** argv) {
   core::TrainConfig config;
@@ -35,11 +40,20 @@ int run_train(int argc, char** argv) {
     return 1;
   if (!proceed) return 0;  // --help / --print-config
 
-  std::unique_ptr<comm::Communicator> comm = core::make_communicator(config.device);
+  // `device cuda` without a GPU is refused here, once, by rank 0.
+  std::unique_ptr<comm::Communicator> comm;
+  if (!succeeded_on_every_rank(*control, [&] { comm = core::make_communicator(config.device); })) return 1;
   std::unique_ptr<core::Trainer> trainer;
   if (!succeeded_on_every_rank(*comm, [&] { trainer = std::make_unique<core::Trainer>(config, *comm); })) return 1;
   try {
-    trainer->train();
+    const core::TrainSummary summary = trainer->train();
+    // Pre-empted (SIGTERM) or interrupted (SIGINT): the checkpoint is written; exit as the shell
+    // reports a process ended by that signal, so schedulers see it was stopped, not done.
+    if (summary.stop_signal != 0) return 128 + summary.stop_signal;
+  } catch (const core::NumericalFault& fault) {
+    // Every rank saw the same all-reduced values and stopped at the same step: no abort needed.
+    if (comm->rank() == 0) std::cerr << "llmqs-dist: error: " << fault.what() << "\n";
+    return kNumericalFaultExit;
   } catch (...) {
     fail_collective(*comm, std::current_exception());
   }

@@ -92,7 +92,9 @@ void add_train_options(po::options_description& options, core::TrainConfig& c) {
   po::options_description device("Device", 100);
   device.add_options()
       ("device", bound(&c.device), "auto | cpu | cuda")
-      ("precision", bound(&c.precision), "auto | bf16 | fp16 | fp32 (cpu: fp32 only)");
+      ("precision", bound(&c.precision), "auto | bf16 | fp16 | fp32 | tf32 (auto: bf16 on sm_80+, fp16 on older GPUs; cpu: fp32 only)")
+      ("collective_timeout_s", bound(&c.collective_timeout_s),
+       "abort the job, naming the missing rank, when a rank waits longer than this for the others");
   options.add(data).add(model).add(training).add(logging).add(device);
 }
 
@@ -105,7 +107,7 @@ void add_eval_options(po::options_description& options, EvalOptions& e) {
       ("per_device_eval_batch_size", bound(&c.per_device_eval_batch_size), "reviews per rank per batch")
       ("output", bound(&e.output), "also write the metrics as JSON to this file")
       ("device", bound(&c.device), "auto | cpu | cuda")
-      ("precision", bound(&c.precision), "auto | bf16 | fp16 | fp32 (cpu: fp32 only)")
+      ("precision", bound(&c.precision), "auto | bf16 | fp16 | fp32 | tf32 (cpu: fp32 only)")
       ("vocab", po::value<std::string>(&c.vocab), "vocabulary (default: the one stored in the checkpoint)")
       ("do_lower_case", po::value<bool>(&c.do_lower_case), "default: as the checkpoint was trained")
       ("max_length", po::value<int>(&c.max_length), "default: as the checkpoint was trained")

@@ -2,6 +2,9 @@
 // falls, metrics.jsonl carries HF log_history keys and fractional epochs, the learning rate
 // follows the schedule, gradient accumulation 2 x batch B equals one batch of 2B, evaluation
 // counts every example exactly once however it is sharded, and macro-F1 is scikit-learn's.
+// Then what a backend with hooks can provoke on the CPU: fp16 loss scaling (exact when nothing
+// overflows, a skipped step when something does), numerical faults, metric_for_best_model with
+// checkpoint rotation; and device selection, checkpoint vocabularies, the position limit.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -9,6 +12,8 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -16,11 +21,14 @@
 #include "comm/communicator.h"
 #include "core/checkpoint.h"
 #include "core/cpu_backend.h"
+#include "core/cuda_backend.h"
 #include "core/evaluate.h"
 #include "core/progress_log.h"
 #include "core/train_config.h"
 #include "core/trainer.h"
+#include "data/batch_loader.h"
 #include "data/dataset_reader.h"
+#include "data/sharded_sampler.h"
 #include "data/tokenized_dataset.h"
 #include "data/wordpiece_tokenizer.h"
 
@@ -49,6 +57,45 @@ class LoneCommunicator final : public comm::Communicator {
  private:
   int world_;
   int rank_;
+};
+
+// The CPU backend with hooks: after each forward_backward (the gradients of micro-batch `call`,
+// 0-based, in layout order, and its stats) and after each forward (evaluation batches).
+class HookedBackend final : public core::Backend {
+ public:
+  explicit HookedBackend(std::unique_ptr<core::Backend> inner) : inner_(std::move(inner)) {}
+  std::function<void(int64_t call, core::BatchStats& stats, float* gradients, size_t n)> after_backward;
+  std::function<void(int64_t call, core::BatchStats& stats)> after_forward;
+
+  std::string name() const override { return inner_->name(); }
+  const core::BertConfig& config() const override { return inner_->config(); }
+  const core::ParameterLayout& layout() const override { return inner_->layout(); }
+  void set_parameters(const float* host) override { inner_->set_parameters(host); }
+  void get_parameters(float* host) const override { inner_->get_parameters(host); }
+  void set_optimizer_state(const float* m, const float* v) override { inner_->set_optimizer_state(m, v); }
+  void get_optimizer_state(float* m, float* v) const override { inner_->get_optimizer_state(m, v); }
+  void get_gradients(float* host) const override { inner_->get_gradients(host); }
+  void zero_gradients() override { inner_->zero_gradients(); }
+  core::BatchStats forward_backward(const data::Batch& batch, float loss_weight, const core::DropoutKey& key) override {
+    core::BatchStats stats = inner_->forward_backward(batch, loss_weight, key);
+    if (after_backward) after_backward(backward_calls_, stats, inner_->gradient_buffer(), layout().total_numel());
+    ++backward_calls_;
+    return stats;
+  }
+  core::BatchStats forward(const data::Batch& batch, float* logits) override {
+    core::BatchStats stats = inner_->forward(batch, logits);
+    if (after_forward) after_forward(forward_calls_, stats);
+    ++forward_calls_;
+    return stats;
+  }
+  float* gradient_buffer() override { return inner_->gradient_buffer(); }
+  double gradient_sq_norm() override { return inner_->gradient_sq_norm(); }
+  void adamw_step(const core::AdamWHyper& hyper) override { inner_->adamw_step(hyper); }
+
+ private:
+  std::unique_ptr<core::Backend> inner_;
+  int64_t backward_calls_ = 0;
+  int64_t forward_calls_ = 0;
 };
 
 // Deterministic tiny PRNG so the data set is identical everywhere.
@@ -137,6 +184,17 @@ class TrainerTest : public ::testing::Test {
     for (const auto& j : lines)
       if (j.contains("loss")) out.push_back(j);
     return out;
+  }
+
+  // A hooked CPU replica of config.model (vocab_size must be set: the vocabulary has 17 tokens).
+  static std::unique_ptr<HookedBackend> hooked(const core::TrainConfig& config) {
+    return std::make_unique<HookedBackend>(core::make_cpu_backend(config.model));
+  }
+
+  static std::vector<float> parameters_of(core::Trainer& trainer) {
+    std::vector<float> p(trainer.backend().layout().total_numel());
+    trainer.backend().get_parameters(p.data());
+    return p;
   }
 
   fs::path dir_;
@@ -360,4 +418,283 @@ TEST_F(TrainerTest, ResumeFromAMidRunCheckpointContinuesExactly) {
     EXPECT_EQ(la[i]["loss"], lb[i]["loss"]) << "step " << i + 1;
     EXPECT_EQ(la[i]["epoch"], lb[i]["epoch"]) << "step " << i + 1;
   }
+}
+
+// ---- device selection -------------------------------------------------------------------------
+
+TEST(DeviceSelection, AutoFallsBackToCpuWithTheReasonAndCudaWithoutAGpuIsRefused) {
+  std::string why;
+  if (core::cuda_device_available(&why)) {
+    EXPECT_EQ(core::resolve_device("auto"), "cuda");
+    EXPECT_EQ(core::resolve_device("cuda"), "cuda");
+    return;
+  }
+  std::string note;
+  EXPECT_EQ(core::resolve_device("auto", &note), "cpu");
+  EXPECT_NE(note.find(why), std::string::npos) << note;
+  EXPECT_NE(note.find("falling back to cpu"), std::string::npos) << note;
+  try {
+    core::resolve_device("cuda");
+    FAIL() << "device cuda accepted without a GPU";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_EQ(std::string(e.what()).rfind("device: cuda", 0), 0u) << e.what();
+    EXPECT_NE(std::string(e.what()).find(why), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(core::resolve_precision("cpu", "auto"), "fp32");
+  EXPECT_THROW(core::resolve_precision("cpu", "tf32"), std::invalid_argument);
+  EXPECT_THROW(core::resolve_precision("cpu", "fp8"), std::invalid_argument);
+  EXPECT_EQ(core::describe_device("cpu", "fp32"), "device: cpu (fp32)");
+}
+
+TEST(DeviceSelection, BackendIsSizedForTheLargestBatchAndPaddedLengthWithinThePositions) {
+  core::TrainConfig c;
+  c.per_device_train_batch_size = 16;
+  c.per_device_eval_batch_size = 64;
+  c.max_length = 500;
+  c.model.max_position_embeddings = 512;
+  EXPECT_EQ(core::backend_max_rows(c), 64);
+  EXPECT_EQ(core::backend_max_seq_len(c), 504);
+  c.max_length = 20;
+  c.model.max_position_embeddings = 20;
+  EXPECT_EQ(core::backend_max_seq_len(c), 20);  // not 24: there are no positions 20..23
+}
+
+// ---- checkpoint vocabularies and the position limit -------------------------------------------
+
+TEST_F(TrainerTest, TokenizerFromTokensEncodesLikeTheSameVocabTxtAndNamesItsSource) {
+  const auto from_file = data::WordPieceTokenizer::from_file((dir_ / "vocab.txt").string(), true);
+  const auto from_tokens = data::WordPieceTokenizer::from_tokens(from_file.tokens(), true, "run/checkpoint-8.h5");
+  for (const char* text : {"The food was GREAT!", "service [SEP] very bad.", "unknownword and [MASK]", ""})
+    EXPECT_EQ(from_tokens.encode(text, 16), from_file.encode(text, 16)) << text;
+  EXPECT_EQ(from_tokens.vocab_hash(), from_file.vocab_hash());
+  EXPECT_EQ(from_tokens.pad_id(), 0);
+  std::vector<std::string> duplicate = from_file.tokens();
+  duplicate.push_back("good");
+  try {
+    data::WordPieceTokenizer::from_tokens(duplicate, true, "run/checkpoint-8.h5");
+    FAIL() << "duplicate token accepted";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("run/checkpoint-8.h5:18: duplicate token 'good'"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(data::WordPieceTokenizer::from_tokens({"[PAD]", "[CLS]", "[SEP]"}, true, "x"), std::runtime_error);  // no [UNK]
+}
+
+TEST_F(TrainerTest, BatchesNeverPadBeyondTheModelsPositions) {
+  // Reviews of 16..22 words: with max_length 20 many hit 20 tokens, which rounds up to 24.
+  {
+    std::ofstream out(dir_ / "long.csv");
+    Lcg rng{3};
+    for (int i = 0; i < 32; ++i) {
+      std::string text = i % 2 ? "good" : "bad";
+      const int words = 16 + static_cast<int>(rng.next() % 7);
+      for (int w = 1; w < words; ++w) text += " food";
+      out << (i % 2 ? 2 : 1) << ",\"" << text << "\"\n";
+    }
+  }
+  const auto tokenizer = data::WordPieceTokenizer::from_file((dir_ / "vocab.txt").string(), true);
+  auto dataset = data::load_tokenized((dir_ / "long.csv").string(), data::ReadOptions{}, tokenizer, 20);
+  data::ShardedSampler sampler(dataset->size(), 1, 0, 1, true, false);
+  data::BatchLoaderOptions options;
+  options.max_positions = 20;
+  data::BatchLoader loader(*dataset, sampler, 0, 8, tokenizer.pad_id(), options);
+  data::Batch batch;
+  int full = 0;
+  while (loader.next(batch)) {
+    EXPECT_LE(batch.seq_len, 20);
+    full += batch.seq_len == 20;
+  }
+  EXPECT_EQ(full, 4);  // every batch holds a 20-token review
+
+  core::TrainConfig config = tiny_config("positions");
+  config.train_file = (dir_ / "long.csv").string();
+  config.validation_file = (dir_ / "long.csv").string();
+  config.max_length = 20;
+  config.model.max_position_embeddings = 20;
+  config.max_steps = 2;
+  LoneCommunicator comm;
+  core::Trainer trainer(config, comm);
+  EXPECT_NO_THROW(trainer.train());  // the CPU model refuses seq_len 24 > 20 positions
+  EXPECT_EQ(trainer.state().global_step, 2);
+}
+
+// ---- fp16 dynamic loss scaling ------------------------------------------------------------------
+
+TEST(DynamicLossScaler, DoublesAfter2000GoodStepsHalvesOnOverflowAndGivesUpAfter30InARow) {
+  core::DynamicLossScaler scaler;
+  EXPECT_EQ(scaler.scale(), 65536.0f);
+  for (int step = 1; step < 2000; ++step) ASSERT_TRUE(scaler.update(true, step));
+  EXPECT_EQ(scaler.scale(), 65536.0f);
+  EXPECT_TRUE(scaler.update(true, 2000));
+  EXPECT_EQ(scaler.scale(), 131072.0f);
+  EXPECT_EQ(scaler.good_steps(), 0);
+  for (int step = 1; step <= 1500; ++step) scaler.update(true, step);
+  EXPECT_FALSE(scaler.update(false, 1501));  // an overflow also restarts the growth count
+  EXPECT_EQ(scaler.scale(), 65536.0f);
+  EXPECT_EQ(scaler.good_steps(), 0);
+  for (int i = 1; i < 29; ++i) EXPECT_FALSE(scaler.update(false, 1501 + i));
+  try {
+    scaler.update(false, 1530);
+    FAIL() << "30 overflows in a row accepted";
+  } catch (const core::NumericalFault& e) {
+    EXPECT_NE(std::string(e.what()).find("step 1530"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(TrainerTest, Fp16LossScalingWithoutOverflowIsExactlyTheFp32Run) {
+  // The scale is a power of two: scaling the loss and unscaling through grad_scale changes no
+  // bit of an fp32 computation, so on the CPU backend the two runs must agree exactly.
+  LoneCommunicator comm;
+  core::TrainConfig fp32 = tiny_config("fp32");
+  fp32.validation_file.clear();
+  fp32.max_steps = 6;
+  fp32.model.vocab_size = 17;
+  core::TrainConfig fp16 = fp32;
+  fp16.output_dir = (dir_ / "fp16").string();
+  fp16.precision = "fp16";
+  core::Trainer a(fp32, comm);
+  core::Trainer b(fp16, comm, hooked(fp16));
+  a.train();
+  b.train();
+  EXPECT_EQ(parameters_of(a), parameters_of(b));
+  const auto la = training_entries(read_jsonl(fs::path(fp32.output_dir) / "metrics.jsonl"));
+  const auto lb = training_entries(read_jsonl(fs::path(fp16.output_dir) / "metrics.jsonl"));
+  ASSERT_EQ(lb.size(), 6u);
+  for (size_t i = 0; i < la.size(); ++i) {
+    EXPECT_EQ(la[i]["loss"], lb[i]["loss"]);
+    EXPECT_EQ(la[i]["grad_norm"], lb[i]["grad_norm"]) << "the logged norm is unscaled";
+    EXPECT_FALSE(la[i].contains("loss_scale"));
+    EXPECT_EQ(lb[i]["loss_scale"].get<double>(), 65536.0);
+  }
+  EXPECT_EQ(b.state().loss_scale, 65536.0f);
+  EXPECT_EQ(b.state().skipped_steps, 0);
+}
+
+TEST_F(TrainerTest, Fp16OverflowSkipsTheUpdateHalvesTheScaleAndTheScheduleStillAdvances) {
+  LoneCommunicator comm;
+  core::TrainConfig two = tiny_config("two");
+  two.validation_file.clear();
+  two.lr_scheduler_type = "constant";
+  two.max_steps = 2;
+  two.model.vocab_size = 17;
+  two.precision = "fp16";
+  core::TrainConfig three = two;
+  three.output_dir = (dir_ / "three").string();
+  three.max_steps = 3;
+  auto backend = hooked(three);
+  backend->after_backward = [](int64_t call, core::BatchStats&, float* gradients, size_t) {
+    if (call == 2) gradients[0] = std::numeric_limits<float>::infinity();  // step 3 overflows
+  };
+  core::Trainer a(two, comm, hooked(two));
+  core::Trainer b(three, comm, std::move(backend));
+  a.train();
+  const core::TrainSummary summary = b.train();
+  EXPECT_EQ(b.state().global_step, 3);
+  EXPECT_EQ(parameters_of(a), parameters_of(b)) << "the overflowing step changed the weights";
+  EXPECT_EQ(b.state().skipped_steps, 1);
+  EXPECT_EQ(b.state().loss_scale, 32768.0f);
+  const auto entries = training_entries(read_jsonl(fs::path(three.output_dir) / "metrics.jsonl"));
+  ASSERT_EQ(entries.size(), 3u);
+  EXPECT_EQ(entries[1]["loss_scale"].get<double>(), 65536.0);
+  EXPECT_EQ(entries[2]["loss_scale"].get<double>(), 32768.0);
+  EXPECT_NE(summary.message.find("1 overflow steps skipped"), std::string::npos) << summary.message;
+  // The checkpoint: AdamW took 2 steps of the 3, the scale and the skip count are kept.
+  const core::CheckpointSummary saved = core::read_checkpoint_summary(summary.checkpoint);
+  EXPECT_EQ(saved.optimizer_step, 2);
+  EXPECT_EQ(saved.trainer.skipped_steps, 1);
+  EXPECT_EQ(saved.trainer.loss_scale, 32768.0f);
+}
+
+// ---- numerical faults -----------------------------------------------------------------------------
+
+TEST_F(TrainerTest, NanGradientStopsAtItsStepAndKeepsTheLastGoodCheckpoint) {
+  LoneCommunicator comm;
+  core::TrainConfig config = tiny_config("nan");
+  config.validation_file.clear();
+  config.max_steps = 10;
+  config.save_steps = 2;
+  config.model.vocab_size = 17;
+  auto backend = hooked(config);
+  backend->after_backward = [](int64_t call, core::BatchStats&, float* gradients, size_t n) {
+    if (call == 4) gradients[n / 2] = std::nanf("");  // step 5
+  };
+  core::Trainer trainer(config, comm, std::move(backend));
+  try {
+    trainer.train();
+    FAIL() << "a NaN gradient was trained on";
+  } catch (const core::NumericalFault& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find("step 5: the gradient norm is not finite"), std::string::npos) << message;
+    EXPECT_NE(message.find("checkpoint-4.h5"), std::string::npos) << message;
+  }
+  std::vector<std::string> files;
+  for (const auto& entry : fs::directory_iterator(config.output_dir))
+    if (entry.path().extension() == ".h5" || entry.path().string().find(".tmp") != std::string::npos)
+      files.push_back(entry.path().filename().string());
+  std::sort(files.begin(), files.end());
+  EXPECT_EQ(files, (std::vector<std::string>{"checkpoint-2.h5", "checkpoint-4.h5"}));
+  EXPECT_EQ(trainer.state().global_step, 4);
+  // The weights are those of step 4: the bad step changed nothing.
+  const core::Checkpoint last = core::read_checkpoint(core::checkpoint_path(config.output_dir, 4));
+  EXPECT_EQ(last.parameters, parameters_of(trainer));
+}
+
+TEST_F(TrainerTest, InfiniteLossStopsTooAndSaysItWasTheLoss) {
+  LoneCommunicator comm;
+  core::TrainConfig config = tiny_config("inf");
+  config.validation_file.clear();
+  config.max_steps = 10;
+  config.model.vocab_size = 17;
+  auto backend = hooked(config);
+  backend->after_backward = [](int64_t call, core::BatchStats& stats, float*, size_t) {
+    if (call == 2) stats.loss_sum = std::numeric_limits<double>::infinity();
+  };
+  core::Trainer trainer(config, comm, std::move(backend));
+  try {
+    trainer.train();
+    FAIL() << "an infinite loss was trained on";
+  } catch (const core::NumericalFault& e) {
+    EXPECT_NE(std::string(e.what()).find("step 3: the loss is not finite"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("no checkpoint was written"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(core::checkpoint_path(config.output_dir, 3)));
+}
+
+// ---- metric_for_best_model ------------------------------------------------------------------------
+
+TEST_F(TrainerTest, BestCheckpointIsWrittenWhenTheMetricImprovesAndSurvivesRotation) {
+  LoneCommunicator comm;
+  core::TrainConfig config = tiny_config("best");
+  config.eval_strategy = "epoch";
+  config.num_train_epochs = 3;  // evaluations at steps 8, 16, 24
+  config.metric_for_best_model = "eval_loss";
+  config.save_total_limit = 1;
+  config.model.vocab_size = 17;
+  auto backend = hooked(config);
+  // 40 validation reviews in batches of 8: 5 forwards per evaluation. The second evaluation is
+  // made to look best, whatever training does.
+  backend->after_forward = [](int64_t call, core::BatchStats& stats) {
+    if (call / 5 == 1) stats.loss_sum *= 0.01;
+  };
+  core::Trainer trainer(config, comm, std::move(backend));
+  const core::TrainSummary summary = trainer.train();
+  std::vector<double> eval_losses;
+  for (const auto& j : read_jsonl(fs::path(config.output_dir) / "metrics.jsonl"))
+    if (j.contains("eval_loss")) eval_losses.push_back(j["eval_loss"].get<double>());
+  ASSERT_EQ(eval_losses.size(), 3u);
+  ASSERT_LT(eval_losses[1], eval_losses[0]);
+  ASSERT_LT(eval_losses[1], eval_losses[2]);
+
+  // save_steps 0 and a limit of 1: the best step's checkpoint was written for it and kept
+  // beside the newest; step 8's (the best until step 16) was rotated away.
+  std::vector<std::string> files;
+  for (const auto& entry : fs::directory_iterator(config.output_dir))
+    if (entry.path().extension() == ".h5") files.push_back(entry.path().filename().string());
+  std::sort(files.begin(), files.end());
+  EXPECT_EQ(files, (std::vector<std::string>{"checkpoint-16.h5", "checkpoint-24.h5"}));
+  const core::CheckpointSummary final_state = core::read_checkpoint_summary(summary.checkpoint);
+  EXPECT_EQ(final_state.trainer.best_checkpoint, "checkpoint-16.h5");
+  EXPECT_DOUBLE_EQ(final_state.trainer.best_metric, eval_losses[1]);
+  const core::CheckpointSummary best = core::read_checkpoint_summary(core::checkpoint_path(config.output_dir, 16));
+  EXPECT_EQ(best.trainer.best_checkpoint, "checkpoint-16.h5");
+  EXPECT_EQ(best.trainer.global_step, 16);
 }

@@ -15,6 +15,14 @@ if(Python3_Interpreter_FOUND)
   set_tests_properties(trainer_mpi_parity PROPERTIES ENVIRONMENT "${LLMQS_TRAINER_TEST_ENV}" TIMEOUT 600
                        PASS_REGULAR_EXPRESSION "PASS: ")
 
+  # TensorBoard's own reader finds train/* and eval/* under output_dir/runs/, equal to metrics.jsonl.
+  add_test(NAME trainer_tensorboard_scalars
+           COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/trainer/check_tensorboard.py
+                   --binary $<TARGET_FILE:llmqs-dist> --data ${LLMQS_TRAINER_WORK}/cli
+                   --reader ${CMAKE_CURRENT_SOURCE_DIR}/tensorboard/read_events.py --work ${LLMQS_TRAINER_WORK}/tensorboard)
+  set_tests_properties(trainer_tensorboard_scalars PROPERTIES ENVIRONMENT "${LLMQS_TRAINER_TEST_ENV}" TIMEOUT 120
+                       FIXTURES_REQUIRED trainer_cli_data PASS_REGULAR_EXPRESSION "PASS: ")
+
   add_test(NAME trainer_cli_data
            COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/trainer/compare_ranks.py
                    --binary $<TARGET_FILE:llmqs-dist> --work ${LLMQS_TRAINER_WORK}/cli --data-only)
