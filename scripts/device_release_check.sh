@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# The CUDA backend's acceptance job, in ONE call on the GPU machine (the `run` tool), with
+# carry [".devcarry/release"] holding bins.tar.xz (made by scripts/pack_release_check.sh here):
+#   1. the CUDA test suites (every kernel vs its CPU twin; whole steps vs the cpu backend);
+#   2. `train --device cuda` on the bundled sample (configs/tiny.ini), accuracy vs the CPU run;
+#   3. a GPU run SIGKILLed after checkpoint-10 and resumed == the uninterrupted run (h5diff);
+#   4. the T4 proof: a build holding only compute_75 PTX (JIT-compiled here), fp16, with the
+#      GPU's free memory capped at 15 GiB by a ballast allocation: bench peak memory next to
+#      PyTorch fp16 at the same shape, and bert-base fp16 vs bf16 training on the sample;
+#   5. bert-base bf16 seq 512 batch 64 tokens/s next to pytorch_bert_baseline.py (eager, compile).
+# A short table comes last; logs go to $OUT.
+set -uo pipefail
+out=${OUT:-/tmp/llmqs-release}
+mkdir -p "$out" /tmp/llmqs
+tar -xJf .devcarry/release/bins.tar.xz -C /tmp/llmqs
+bin=/tmp/llmqs/llmqs-dist
+t4bin=/tmp/llmqs/llmqs-dist-sm75ptx
+torch_script=.devcarry/release/pytorch_bert_baseline.py
+source scripts/device_env.sh "$bin"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
+summary=$out/summary.txt
+: >"$summary"
+row() { echo "$*" | tee -a "$summary"; }
+t0=$(date +%s)
+since() { echo "$(( $(date +%s) - t0 ))s"; }
+
+echo "== 1. CUDA test suites"
+for t in kernels_cuda_test core_cuda_backend_test; do
+  /tmp/llmqs/$t >"$out/$t.log" 2>&1
+  rc=$?
+  grep -E "Failure|FAILED" "$out/$t.log" | head -20
+  row "tests   $t: exit $rc, $(grep -E '^\[  PASSED  \]|^\[  FAILED  \]' "$out/$t.log" | tr '\n' ' ') ($(since))"
+done
+fused_ok=1
+grep -qE "FAILED.*(Flash|FusedAttention)" "$out"/*_test.log && fused_ok=0
+row "tests   fused attention tests passed: $fused_ok"
+
+echo "== 2. train on the sample with --device cuda"
+work=/tmp/llmqs/work
+mkdir -p "$work"
+"$bin" sample --output_dir "$work/sample" >/dev/null
+for split in train test; do
+  "$bin" prepare --input "$work/sample/$split.csv" --vocab "$work/sample/vocab.txt" --do_lower_case true \
+    --max_length 128 --output "$work/sample/$split.h5" >/dev/null 2>&1
+done
+mpirun -np 1 "$bin" train --config configs/tiny.ini --device cuda --train_file "$work/sample/train.h5" \
+  --validation_file "$work/sample/test.h5" --output_dir "$work/tiny-cuda" >"$out/train_tiny_cuda.log" 2>&1
+row "train   tiny on sample, cuda: $(grep -E '^done:' "$out/train_tiny_cuda.log" | sed 's/|.*final/final/') ($(since))"
+grep -E "^device|error" "$out/train_tiny_cuda.log" | head -3
+
+echo "== 3. SIGKILL + resume on the GPU"
+KR_MODEL_ARGS="--hidden_size 768 --num_hidden_layers 12 --num_attention_heads 12 --intermediate_size 3072" \
+  bash tests/resume/kill_and_resume.sh "$bin" 1 cuda "$work/kill" >"$out/kill_resume.log" 2>&1
+row "resume  cuda: $(tail -n 1 "$out/kill_resume.log") ($(since))"
+
+echo "== 4. T4 proof: compute_75 PTX only, fp16, 15 GiB cap"
+cuobjdump --list-ptx "$t4bin" 2>/dev/null | head -3 >"$out/t4_ptx.txt"
+cuobjdump --list-elf "$t4bin" 2>/dev/null | head -3 >>"$out/t4_ptx.txt"
+row "t4      binary holds: $(tr '\n' ' ' <"$out/t4_ptx.txt")"
+python3 - <<'PY' &
+import time, torch
+free, total = torch.cuda.mem_get_info()
+ballast = torch.empty(free - 15 * 2**30, dtype=torch.uint8, device="cuda")
+open("/tmp/llmqs/ballast_ready", "w").write(str(ballast.numel()))
+time.sleep(900)
+PY
+ballast=$!
+for _ in $(seq 1 600); do [ -e /tmp/llmqs/ballast_ready ] && break; sleep 0.1; done
+nvidia-smi --query-gpu=memory.used,memory.total --format=csv,noheader | sed 's/^/ballast in place: used,total = /'
+"$t4bin" bench --seq 512 --batch 16 --precision fp16 --steps 10 --warmup 3 --peak-tflops 790 \
+  >"$out/t4_bench.json" 2>"$out/t4_bench.err"
+row "t4      bench fp16 16x512 (PTX JIT, 15 GiB cap): $(grep '^{' "$out/t4_bench.json" | python3 -c 'import json,sys; d=json.loads(sys.stdin.readline()); print(f"{d[\"tok_per_s\"]} tok/s, peak {d[\"peak_mem_gib\"]} GiB, warmup {d[\"warmup_s\"]} s")' 2>&1) ($(since))"
+for precision in fp16 bf16; do
+  b=$bin; [ $precision = fp16 ] && b=$t4bin
+  mpirun -np 1 "$b" train --config configs/bert-base-yelp-t4.ini --precision $precision \
+    --train_file "$work/sample/train.csv" --validation_file "$work/sample/test.csv" --vocab "$work/sample/vocab.txt" \
+    --do_lower_case true --init_from "" --learning_rate 1e-4 --warmup_ratio 0.1 --max_steps 150 --logging_steps 25 \
+    --save_steps 0 --save_total_limit 0 --output_dir "$work/bert-$precision" >"$out/train_bert_$precision.log" 2>&1
+  row "t4      bert-base $precision 150 steps on sample: losses $(python3 -c "
+import json; print(' '.join(f'{r[\"loss\"]:.3f}' for r in map(json.loads, open('$work/bert-$precision/metrics.jsonl')) if 'loss' in r))" 2>&1) | $(grep -oE 'eval_accuracy [0-9.]+' "$out/train_bert_$precision.log" | tail -1) ($(since))"
+done
+kill $ballast 2>/dev/null; wait $ballast 2>/dev/null
+python3 "$torch_script" --seq 512 --batch 16 --dtype fp16 --steps 10 --warmup 3 --peak-tflops 790 \
+  >"$out/torch_fp16.json" 2>"$out/torch_fp16.err"
+row "t4      pytorch eager fp16 16x512 (no cap): $(grep '^{' "$out/torch_fp16.json" | python3 -c 'import json,sys; d=json.loads(sys.stdin.readline()); print(f"{d[\"tok_per_s\"]} tok/s, peak {d[\"peak_mem_gib\"]} GiB")' 2>&1)"
+
+echo "== 5. bert-base bf16 512x64: ours vs PyTorch, same job"
+for attention in unfused fused; do
+  [ $attention = fused ] && [ $fused_ok = 0 ] && continue
+  LLMQS_ATTENTION=$attention "$bin" bench --seq 512 --batch 64 --precision bf16 --steps 20 --warmup 5 \
+    --peak-tflops 790 2>>"$out/bench.err" | grep '^{' | sed "s/^{/{\"attention\":\"$attention\",/" >>"$out/ours.jsonl"
+done
+python3 "$torch_script" --seq 512 --batch 64 --dtype bf16 --compile both --steps 20 --warmup 5 --peak-tflops 790 \
+  2>"$out/torch.err" | grep '^{' >"$out/torch.jsonl"
+python3 - "$out/ours.jsonl" "$out/torch.jsonl" <<'PY' | tee -a "$summary"
+import json, sys
+ours = [json.loads(l) for l in open(sys.argv[1])]
+torch = {d["system"]: d for d in map(json.loads, open(sys.argv[2]))}
+eager, comp = torch.get("pytorch-eager", {}), torch.get("pytorch-compile", {})
+print("bench   system                     tok/s     MFU    peak GiB  vs eager  vs compile")
+for d in ours:
+    r = lambda o: f"{d['tok_per_s'] / o['tok_per_s']:.2f}x" if o else "-"
+    print(f"bench   llmqs-dist ({d['attention']:8s})   {d['tok_per_s']:>8} {d['mfu']:6.3f} {d['peak_mem_gib']:8.2f}  {r(eager):>8}  {r(comp):>9}")
+for name, o in (("pytorch-eager", eager), ("pytorch-compile", comp)):
+    if o: print(f"bench   {name:26s} {o['tok_per_s']:>8} {o['mfu']:6.3f} {o['peak_mem_gib']:8.2f}")
+PY
+echo "== summary ($(since))"
+cat "$summary"
