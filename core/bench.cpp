@@ -1,6 +1,10 @@
 // `llmqs-dist bench` measurement (see bench.h). CUDA runs are timed with CUDA events on the
 // legacy default stream, which orders against the backend's (blocking) stream, so the elapsed
 // time covers every kernel and every host gap of the timed steps; cpu runs use a steady clock.
+// Several ranks: the step time is the slowest rank's (each step ends in the gradient all-reduce,
+// so the ranks run in lockstep anyway); the all-reduce is then timed again on its own, each
+// repetition between a device synchronisation and a barrier, so that it measures the reduction
+// and not the skew between ranks.
 #include "core/bench.h"
 
 #include <cuda_runtime.h>
@@ -9,6 +13,7 @@
 #include <cmath>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <cstring>
 #include <random>
 #include <stdexcept>
 
@@ -47,6 +52,31 @@ data::Batch make_batch(const BertConfig& model, const BenchBatchShape& shape, st
 }
 
 double gib(double bytes) { return bytes / double(1ull << 30); }
+
+// Every rank's `value`, in rank order, on every rank (the Communicator only sums).
+std::vector<double> gather_on_every_rank(comm::Communicator& comm, double value) {
+  std::vector<double> all(static_cast<size_t>(comm.world_size()), 0.0);
+  all[static_cast<size_t>(comm.rank())] = value;
+  comm.all_reduce_sum_host(all.data(), all.size());
+  return all;
+}
+
+double slowest_rank(comm::Communicator* comm, double value) {
+  if (!comm) return value;
+  const std::vector<double> all = gather_on_every_rank(*comm, value);
+  return *std::max_element(all.begin(), all.end());
+}
+
+// FNV-1a over the bit patterns: equal hashes <=> (practically) bitwise-equal replicas.
+uint64_t parameter_hash(const std::vector<float>& params) {
+  uint64_t h = 0xCBF29CE484222325ull;
+  for (float x : params) {
+    uint32_t bits;
+    std::memcpy(&bits, &x, sizeof(bits));
+    h = (h ^ bits) * 0x100000001B3ull;
+  }
+  return h;
+}
 
 double round_to(double x, int digits) {
   const double scale = std::pow(10.0, digits);
@@ -135,7 +165,8 @@ double measure_matmul_peak_tflops(int n) {
   return tflops;
 }
 
-BenchResult run_training_bench(const BenchConfig& config, std::chrono::steady_clock::time_point launch) {
+BenchResult run_training_bench(const BenchConfig& config, std::chrono::steady_clock::time_point launch,
+                               comm::Communicator* comm) {
   using Clock = std::chrono::steady_clock;
   BenchConfig c = config;
   c.model.max_position_embeddings = std::max(c.model.max_position_embeddings, c.seq);
@@ -143,7 +174,14 @@ BenchResult run_training_bench(const BenchConfig& config, std::chrono::steady_cl
   if (c.steps < 1 || c.warmup < 1)
     throw std::invalid_argument("steps and warmup: must be at least 1 (got " + std::to_string(c.steps) + ", " +
                                 std::to_string(c.warmup) + ")");
-  const std::vector<BenchBatchShape> shapes = bench_batch_shapes(c);
+  const int rank = comm ? comm->rank() : 0;
+  const int world = comm ? comm->world_size() : 1;
+  // Each rank draws its own batches (rank 0 those of a single-process run); the weights below
+  // use c.seed unchanged, so every replica starts equal, as after the trainer's broadcast.
+  const uint64_t rank_salt = 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(rank);
+  BenchConfig rank_shapes = c;
+  rank_shapes.seed = c.seed + rank_salt;
+  const std::vector<BenchBatchShape> shapes = bench_batch_shapes(rank_shapes);
   const int distinct = static_cast<int>(shapes.size());
   // Every distinct shape is seen once before timing (as in the script), so set-up stays out.
   const int warmup = c.lengths == "full" ? c.warmup : std::max(c.warmup, distinct);
@@ -159,6 +197,13 @@ BenchResult run_training_bench(const BenchConfig& config, std::chrono::steady_cl
   const bool cuda = c.backend == "cuda";
   if (!cuda && c.backend != "cpu")
     throw std::invalid_argument("backend: unknown value '" + c.backend + "' (expected cuda, cpu)");
+  // The gradient buffer lives on the device for cuda and on the host for cpu: only NCCL, resp.
+  // MPI, can reduce it.
+  if (comm && std::string(comm->name()) != (cuda ? "nccl" : "mpi"))
+    throw std::logic_error("run_training_bench: backend " + c.backend + " needs the " + (cuda ? "nccl" : "mpi") +
+                           " communicator, got " + comm->name());
+  if (c.comm_iters < 1)
+    throw std::invalid_argument("comm-iters: must be at least 1, got " + std::to_string(c.comm_iters));
   std::unique_ptr<Backend> backend;
   if (cuda) {
     std::string why;
@@ -169,7 +214,11 @@ BenchResult run_training_bench(const BenchConfig& config, std::chrono::steady_cl
     CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
     r.gpu = prop.name;
     r.dtype = resolve_cuda_precision(c.precision, device);
-    r.peak_tflops = c.peak_tflops > 0 ? c.peak_tflops : measure_matmul_peak_tflops();
+    r.peak_tflops = c.peak_tflops;
+    if (r.peak_tflops <= 0) {  // one GPU measures; the others would only add heat and time
+      if (rank == 0) r.peak_tflops = measure_matmul_peak_tflops();
+      if (comm) comm->broadcast_host(&r.peak_tflops, sizeof(r.peak_tflops), 0);
+    }
     backend = make_cuda_backend(c.model, r.dtype, c.batch, c.seq);
     r.peak_mem_gib = gib(double(plan_device_memory(c.model, c.batch, c.seq, r.dtype).arena_bytes));
   } else {
@@ -185,7 +234,7 @@ BenchResult run_training_bench(const BenchConfig& config, std::chrono::steady_cl
     init_bert_parameters(c.model, backend->layout(), c.seed, params.data());
     backend->set_parameters(params.data());
   }
-  std::mt19937_64 rng(c.seed ^ 0x5DEECE66Dull);
+  std::mt19937_64 rng((c.seed ^ 0x5DEECE66Dull) + rank_salt);
   std::vector<data::Batch> batches;
   for (const auto& shape : shapes) batches.push_back(make_batch(c.model, shape, rng));
 
@@ -194,13 +243,17 @@ BenchResult run_training_bench(const BenchConfig& config, std::chrono::steady_cl
   hyper.weight_decay = 0.01f;
   DropoutKey key;
   key.seed = c.seed;
+  key.rank = static_cast<uint32_t>(rank);
+  const size_t gradient_count = backend->layout().total_numel();
   double last_loss = 0.0;
   auto step = [&](int i) {
     const data::Batch& batch = batches[i % distinct];
     key.step = static_cast<uint64_t>(i);
     backend->zero_gradients();
-    const BatchStats stats = backend->forward_backward(batch, loss_scale / batch.rows, key);
+    // Mean over the rows of every rank, as the trainer weights an equal-size global batch.
+    const BatchStats stats = backend->forward_backward(batch, loss_scale / (float(batch.rows) * world), key);
     last_loss = stats.loss_sum / std::max<int64_t>(1, stats.rows);
+    if (comm) comm->all_reduce_sum(backend->gradient_buffer(), gradient_count);
     // The trainer's step: global norm for clipping at 1.0 (HF's max_grad_norm), then AdamW;
     // a non-finite norm is an fp16 overflow and skips the update, as in the trainer.
     const double norm = std::sqrt(backend->gradient_sq_norm()) / loss_scale;
@@ -223,6 +276,7 @@ BenchResult run_training_bench(const BenchConfig& config, std::chrono::steady_cl
   }
   finish();
   r.warmup_s = std::chrono::duration<double>(Clock::now() - warm_start).count();
+  if (comm) comm->barrier();  // every rank starts the clock together
 
   double elapsed_ms = 0.0;
   if (cuda) {
@@ -247,19 +301,73 @@ BenchResult run_training_bench(const BenchConfig& config, std::chrono::steady_cl
     elapsed_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
   }
   r.final_loss = last_loss;
+  elapsed_ms = slowest_rank(comm, elapsed_ms);
 
-  double padded_tokens = 0.0, useful_tokens = 0.0;
+  r.world_size = world;
+  r.communicator = comm ? comm->name() : "none";
+  r.allreduce_bytes = static_cast<int64_t>(gradient_count * sizeof(float));
+  if (comm && world > 1) {
+    // Data parallelism is only right if every replica took the same updates.
+    std::vector<float> params(gradient_count);
+    backend->get_parameters(params.data());
+    const uint64_t mine = parameter_hash(params);
+    uint64_t rank0 = mine;
+    comm->broadcast_host(&rank0, sizeof(rank0), 0);
+    int64_t mismatch = mine != rank0 ? 1 : 0;
+    comm->all_reduce_sum_host(&mismatch, 1);
+    r.replica_mismatches = mismatch;
+
+    std::vector<double> comm_ms;
+    cudaEvent_t start = nullptr, stop = nullptr;
+    if (cuda) {
+      CUDA_CHECK(cudaEventCreate(&start));
+      CUDA_CHECK(cudaEventCreate(&stop));
+    }
+    for (int i = 0; i < c.comm_iters; ++i) {
+      backend->zero_gradients();  // repeated sums would grow without bound
+      finish();
+      comm->barrier();
+      double ms = 0.0;
+      if (cuda) {
+        CUDA_CHECK(cudaEventRecord(start, nullptr));
+        comm->all_reduce_sum(backend->gradient_buffer(), gradient_count);
+        CUDA_CHECK(cudaEventRecord(stop, nullptr));
+        CUDA_CHECK(cudaEventSynchronize(stop));
+        float event_ms = 0.0f;
+        CUDA_CHECK(cudaEventElapsedTime(&event_ms, start, stop));
+        ms = event_ms;
+      } else {
+        const Clock::time_point t0 = Clock::now();
+        comm->all_reduce_sum(backend->gradient_buffer(), gradient_count);
+        ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+      }
+      comm_ms.push_back(slowest_rank(comm, ms));
+    }
+    if (cuda) {
+      cudaEventDestroy(start);
+      cudaEventDestroy(stop);
+    }
+    std::sort(comm_ms.begin(), comm_ms.end());
+    r.comm_ms_per_step = comm_ms[comm_ms.size() / 2];
+    r.allreduce_algbw_gbps = double(r.allreduce_bytes) / (r.comm_ms_per_step / 1e3) / 1e9;
+    r.allreduce_busbw_gbps = r.allreduce_algbw_gbps * 2.0 * (world - 1) / world;
+  }
+
+  double tokens[2] = {0.0, 0.0};  // padded, useful, summed over the timed steps of every rank
   for (int i = 0; i < steps; ++i) {
     const data::Batch& b = batches[(warmup + i) % distinct];
-    padded_tokens += double(b.rows) * b.seq_len;
-    useful_tokens += double(b.real_tokens());
+    tokens[0] += double(b.rows) * b.seq_len;
+    tokens[1] += double(b.real_tokens());
   }
+  if (comm) comm->all_reduce_sum_host(tokens, 2);
   r.ms_per_step = elapsed_ms / steps;
   const double step_s = r.ms_per_step / 1e3;
   r.seq_per_s = c.batch / step_s;
-  r.tok_per_s = padded_tokens / steps / step_s;
-  r.useful_tok_per_s = useful_tokens / steps / step_s;
-  if (c.lengths == "yelp") r.yelp_epoch_s = kYelpEpochReviews / r.seq_per_s;
+  r.global_tok_per_s = tokens[0] / steps / step_s;
+  r.tok_per_s = r.global_tok_per_s / world;
+  r.useful_tok_per_s = tokens[1] / steps / step_s / world;
+  r.exposed_comm_share = r.comm_ms_per_step / r.ms_per_step;
+  if (c.lengths == "yelp") r.yelp_epoch_s = kYelpEpochReviews / (r.seq_per_s * world);
   for (const ParameterInfo& p : backend->layout().parameters())
     if (p.name.find("embeddings") == std::string::npos) r.non_embedding_params += static_cast<int64_t>(p.numel);
   const double flops_per_token =
@@ -296,6 +404,17 @@ std::string bench_result_json(const BenchResult& r) {
   j["steps"] = r.steps;
   j["warmup"] = r.warmup;
   j["final_loss"] = round_to(r.final_loss, 4);
+  j["world_size"] = r.world_size;
+  j["communicator"] = r.communicator;
+  j["global_tok_per_s"] = std::llround(r.global_tok_per_s);
+  j["comm_ms_per_step"] = round_to(r.comm_ms_per_step, 5);
+  j["exposed_comm_share"] = round_to(r.exposed_comm_share, 6);
+  j["comm_overlap"] = "none";  // the all-reduce starts after the whole backward: every ms of it is exposed
+  j["allreduce_bytes"] = r.allreduce_bytes;
+  auto gbps = [](double x) { return x >= 0 ? nlohmann::ordered_json(round_to(x, 3)) : nlohmann::ordered_json(nullptr); };
+  j["allreduce_algbw_gbps"] = gbps(r.allreduce_algbw_gbps);
+  j["allreduce_busbw_gbps"] = gbps(r.allreduce_busbw_gbps);
+  j["replica_mismatches"] = r.replica_mismatches;
   return j.dump();
 }
 

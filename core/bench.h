@@ -5,12 +5,19 @@
 // side by side: same FLOP formula (6 x non-embedding parameters + 12 x layers x seq x hidden per
 // token), same yelp length model (log-normal mu 4.846, sigma 0.826, clamped to 8..seq), same
 // max_length / longest / grouped padding.
+//
+// Under mpirun every rank runs the same replica (same seed for the weights) on its own synthetic
+// batches (seed mixed with the rank) and the gradients are summed through the Communicator each
+// step (NCCL for cuda, MPI for cpu), so a step is a real data-parallel step: weak scaling at a
+// fixed per-rank batch. The all-reduce runs after the whole backward (no bucketed overlap yet),
+// so all of its time is exposed; comm_ms_per_step times it on its own, between synchronisations.
 #pragma once
 #include <chrono>
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "comm/communicator.h"
 #include "core/model_config.h"
 
 namespace llmqs::core {
@@ -27,6 +34,7 @@ struct BenchConfig {
   std::string padding = "max_length";  // max_length | longest | grouped (only with yelp lengths)
   double peak_tflops = 0.0;            // dense bf16 peak for MFU; 0 = measure an 8192^3 product
   uint64_t seed = 1;
+  int comm_iters = 20;                 // all-reduces timed on their own after the steps (median)
 };
 
 // One distinct batch of the run: padded width and the real length of each row.
@@ -52,10 +60,26 @@ struct BenchResult {
   double warmup_s = 0, launch_to_first_step_s = 0;
   int64_t non_embedding_params = 0;
   double final_loss = 0;          // mean loss of the last timed step (finite: the step really ran)
+
+  // Data parallelism. ms_per_step is the slowest rank's; tok_per_s, useful_tok_per_s, seq_per_s
+  // and mfu are per rank (global / world_size), so one rank compares with one PyTorch GPU.
+  int world_size = 1;
+  std::string communicator = "none";  // none (single process, no all-reduce) | mpi | nccl
+  double global_tok_per_s = 0;        // padded tokens of every rank per second
+  double comm_ms_per_step = 0;        // median gradient all-reduce, timed alone (slowest rank)
+  double exposed_comm_share = 0;      // comm_ms_per_step / ms_per_step (no overlap: all exposed)
+  int64_t allreduce_bytes = 0;        // the fp32 gradient buffer
+  double allreduce_algbw_gbps = -1;   // bytes / time; < 0: world_size 1, nothing reduced (null)
+  double allreduce_busbw_gbps = -1;   // algbw x 2(n-1)/n, as nccl-tests
+  int64_t replica_mismatches = 0;     // ranks whose parameters differ bitwise from rank 0's after the steps
 };
 
-// `launch` is when the process started (launch_to_first_step_s counts from it).
-BenchResult run_training_bench(const BenchConfig& config, std::chrono::steady_clock::time_point launch);
+// `launch` is when the process started (launch_to_first_step_s counts from it). `comm`: the
+// communicator of config.backend (MPI for cpu, NCCL for cuda, created before this call because
+// NCCL picks the rank's GPU); nullptr runs one process with no all-reduce. Every rank must call
+// this; the result is complete on every rank.
+BenchResult run_training_bench(const BenchConfig& config, std::chrono::steady_clock::time_point launch,
+                               comm::Communicator* comm = nullptr);
 
 // Dense bf16 cuBLASLt throughput of an n x n x n product (mean of 10 after 3 warm-ups), TFLOP/s.
 double measure_matmul_peak_tflops(int n = 8192);
