@@ -14,7 +14,7 @@ struct TrainerState {
   double epoch = 0.0;              // fractional: completed epochs + position in the current one
   int64_t samples_seen = 0;        // global (all ranks) training examples consumed
   int64_t sampler_epoch = 0;       // epoch whose permutation the sampler is in
-  int64_t sampler_position = 0;    // batches of the current epoch already consumed on each rank
+  int64_t sampler_position = 0;    // optimizer steps (global batches) already taken in the current epoch
   uint64_t seed = 42;              // the run's seed (dropout keys and permutations derive from it)
   float loss_scale = 1.0f;         // fp16 dynamic loss scale (1 otherwise)
   int64_t skipped_steps = 0;       // fp16 overflow steps skipped
