@@ -44,10 +44,10 @@ std::string gib(size_t bytes) {
 }  // namespace
 
 bool fused_attention_planned(const BertConfig& config, const std::string& precision) {
-  // Opt-in until the fused kernels' fix for odd sequence lengths has passed on a GPU
-  // (docs/performance.md); then the default flips to fused and "unfused" stays the A/B switch.
+  // The default since its CUDA-vs-CPU tests (odd lengths, padding, dropout) passed on an H200 on
+  // 2026-11-29 (benchmarks/RESULTS.md); LLMQS_ATTENTION=unfused keeps the A/B switch.
   const char* env = std::getenv("LLMQS_ATTENTION");
-  if (!env || std::string(env) != "fused") return false;
+  if (env && std::string(env) == "unfused") return false;
   const int heads = config.num_attention_heads;
   if ((precision != "bf16" && precision != "fp16") || heads <= 0 || config.hidden_size % heads != 0) return false;
   const int d = config.hidden_size / heads;
