@@ -12,6 +12,17 @@
 //             into the fp32 gradient buffer, bias/LayerNorm gradients deterministic column sums,
 //             the word-embedding gradient one block per vocabulary row (no atomics anywhere).
 // The host synchronises once per micro-batch, to read the per-row losses and predictions.
+// Batch upload: ids/lengths/labels go through pinned staging (async copies) before the forward;
+// the token groups the word-embedding backward needs are built on the host AFTER the forward is
+// enqueued, so that host work overlaps the GPU's forward instead of delaying it.
+// Environment switches (read once per backend; for validation runs that must isolate a change):
+//   LLMQS_LAYERNORM=scalar   the first, scalar LayerNorm kernels instead of the packed ones
+//   LLMQS_GELU=scalar        the scalar GELU kernels instead of the packed ones (and the FFN1
+//                            bias gradient as a separate column sum after dGELU)
+//   LLMQS_COLUMN_SUM=scalar  bias-gradient column sums one element per thread
+//   LLMQS_UPLOAD=pageable    copy batches from the vectors themselves (no pinned staging)
+//   LLMQS_CUDA_PROFILE=1     per-phase GPU times on stderr (PhaseProfile); LLMQS_CUDA_PROFILE_SKIP
+//                            = steps left out at the start (default 1: the warm-up step)
 #include "core/cuda_backend.h"
 
 #include <cuda_runtime.h>
@@ -73,21 +84,33 @@ std::string resolve_cuda_precision(const std::string& precision, int device) {
 
 namespace {
 
+std::string env_value(const char* name) {
+  const char* env = std::getenv(name);
+  return env ? std::string(env) : std::string();
+}
+
 // Optional per-phase GPU time (LLMQS_CUDA_PROFILE=1): an event after each phase of the step,
 // differences summed by phase name, printed to stderr when the backend is destroyed. Off by
 // default: with it off `mark` is one branch. This is how docs/performance.md attributes time.
+// The first LLMQS_CUDA_PROFILE_SKIP steps (default 1) are left out: the first step pays one-off
+// host costs (cuBLASLt's first-call set-up and heuristic queries, lazy loading of every kernel
+// module) while the GPU waits, and those gaps land in whichever phase first calls the new code
+// (the QKV GEMMs, the step's first products), inflating it by the one-off cost / steps.
 class PhaseProfile {
  public:
   explicit PhaseProfile(cudaStream_t stream) : stream_(stream) {
-    const char* env = std::getenv("LLMQS_CUDA_PROFILE");
-    enabled_ = env && *env && std::string(env) != "0";
+    const std::string env = env_value("LLMQS_CUDA_PROFILE");
+    enabled_ = !env.empty() && env != "0";
+    const std::string skip = env_value("LLMQS_CUDA_PROFILE_SKIP");
+    skip_steps_ = skip.empty() ? 1 : std::max(0, std::atoi(skip.c_str()));
   }
   ~PhaseProfile() {
     if (!enabled_) return;
     collect();
     double total = 0.0;
     for (const auto& [name, ms] : total_ms_) total += ms;
-    std::fprintf(stderr, "[ profile ] %d steps, %.3f ms/step of GPU time in marked phases\n", steps_, total / std::max(1, steps_));
+    std::fprintf(stderr, "[ profile ] %d steps (%d warm-up steps left out), %.3f ms/step of GPU time in marked phases\n",
+                 steps_, skipped_, total / std::max(1, steps_));
     std::vector<std::pair<double, std::string>> order;
     for (const auto& [name, ms] : total_ms_) order.emplace_back(-ms, name);
     std::sort(order.begin(), order.end());
@@ -107,6 +130,11 @@ class PhaseProfile {
   void begin_step() {
     if (!enabled_) return;
     collect();
+    if (skipped_ < skip_steps_ && steps_ > 0) {  // the step just collected was a warm-up step
+      ++skipped_;
+      steps_ = 0;
+      total_ms_.clear();
+    }
     ++steps_;
     mark("");  // the step's start (a host gap before it is not counted)
   }
@@ -135,7 +163,7 @@ class PhaseProfile {
   }
   cudaStream_t stream_;
   bool enabled_ = false;
-  int steps_ = 0;
+  int steps_ = 0, skip_steps_ = 1, skipped_ = 0;
   std::vector<cudaEvent_t> pool_;
   size_t used_ = 0;
   std::vector<std::pair<std::string, cudaEvent_t>> marks_;
@@ -166,6 +194,19 @@ class CudaBackend final : public Backend {
     check_device_memory_fits(config_, max_rows, max_seq_len, precision_, free_bytes);
     CUDA_CHECK(cudaMalloc(&arena_, plan_.arena_bytes));
     CUDA_CHECK(cudaStreamCreate(&stream_));
+    cu::KernelVariants variants;
+    variants.packed_layernorm = env_value("LLMQS_LAYERNORM") != "scalar";
+    variants.packed_gelu = env_value("LLMQS_GELU") != "scalar";
+    variants.packed_column_sums = env_value("LLMQS_COLUMN_SUM") != "scalar";
+    cu::set_kernel_variants(variants);
+    if (env_value("LLMQS_UPLOAD") != "pageable") {
+      // ints: ids [N], lengths [rows], labels [rows], then group token [N], offset [N + 1] and
+      // position [N] (the bounds of group_tokens_by_id's output); offsets in upload / upload_groups.
+      const size_t N = static_cast<size_t>(plan_.rows) * plan_.seq;
+      staging_ints_ = N + 2 * static_cast<size_t>(plan_.rows) + (3 * N + 1);
+      CUDA_CHECK(cudaMallocHost(&staging_, staging_ints_ * sizeof(int32_t)));
+      CUDA_CHECK(cudaEventCreateWithFlags(&staging_free_, cudaEventDisableTiming));
+    }
     profile_ = std::make_unique<PhaseProfile>(stream_);
     matmul_ = std::make_unique<cu::MatmulContext>(arena_ + plan_.matmul_workspace, plan_.matmul_workspace_bytes,
                                                   precision_ == "tf32");
@@ -213,6 +254,9 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     matmul_.reset();
     profile_.reset();
+    if (stream_) cudaStreamSynchronize(stream_);
+    if (staging_free_) cudaEventDestroy(staging_free_);
+    if (staging_) cudaFreeHost(staging_);
     if (stream_) cudaStreamDestroy(stream_);
     if (arena_) cudaFree(arena_);
   }
@@ -244,15 +288,16 @@ class CudaBackend final : public Backend {
     if (batch.labels.size() != static_cast<size_t>(batch.rows))
       throw std::invalid_argument("forward_backward: the batch needs one label per row");
     profile_->begin_step();
-    upload(batch, true);
+    upload(batch);
     profile_->mark("upload");
     run_forward(dropout, true, loss_weight);
+    upload_groups(batch);  // host work while the GPU runs the forward
     run_backward();
     return read_stats(batch, nullptr);
   }
 
   BatchStats forward(const data::Batch& batch, float* logits_host) override {
-    upload(batch, false);
+    upload(batch);
     DropoutKey off;
     off.enabled = false;
     run_forward(off, false, 0.0f);
@@ -319,8 +364,42 @@ class CudaBackend final : public Backend {
     return site(kernels::bert_dropout_tensor_id(layer, which), p);
   }
 
+  // Copies `count` ints from host to the device at arena offset `device_offset`, through the pinned
+  // staging buffer at int offset `stage` when there is one (then the copy is truly asynchronous;
+  // from pageable memory the driver copies synchronously through its own bounce buffer).
+  void copy_ints(size_t device_offset, const int32_t* host, size_t count, size_t stage) {
+    if (count == 0) return;
+    const int32_t* source = host;
+    if (staging_) {
+      std::memcpy(staging_ + stage, host, count * sizeof(int32_t));
+      source = staging_ + stage;
+    }
+    CUDA_CHECK(cudaMemcpyAsync(i32(device_offset), source, count * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+  }
+  // Before the host rewrites the staging buffer, the copies that read it last must be done
+  // (normally long done: read_stats synchronised the stream at the end of the previous batch).
+  void wait_staging_free() {
+    if (staging_ && staging_recorded_) CUDA_CHECK(cudaEventSynchronize(staging_free_));
+  }
+  void staging_in_use() {
+    if (!staging_) return;
+    CUDA_CHECK(cudaEventRecord(staging_free_, stream_));
+    staging_recorded_ = true;
+  }
+
+  // The word-embedding backward's token groups (training only), staged after ids/lengths/labels.
+  void upload_groups(const data::Batch& batch) {
+    const size_t N = static_cast<size_t>(plan_.rows) * plan_.seq;
+    const size_t base = N + 2 * static_cast<size_t>(plan_.rows);
+    groups_ = cu::group_tokens_by_id(batch.input_ids.data(), static_cast<int64_t>(rows_) * seq_, config_.pad_token_id);
+    copy_ints(plan_.group_token, groups_.token.data(), groups_.token.size(), base);
+    copy_ints(plan_.group_offset, groups_.offset.data(), groups_.offset.size(), base + N);
+    copy_ints(plan_.group_position, groups_.position.data(), groups_.position.size(), base + 2 * N + 1);
+    staging_in_use();
+  }
+
   // Checks the batch as the CPU model does (same messages) and copies it to the device.
-  void upload(const data::Batch& batch, bool training) {
+  void upload(const data::Batch& batch) {
     const int rows = batch.rows, seq = batch.seq_len;
     if (rows <= 0 || seq <= 0) throw std::invalid_argument("batch: rows and seq_len must be positive");
     if (rows > plan_.rows || seq > plan_.seq)
@@ -349,20 +428,12 @@ class CudaBackend final : public Backend {
     rows_ = rows;
     seq_ = seq;
     has_labels_ = !batch.labels.empty();
-    CUDA_CHECK(cudaMemcpyAsync(i32(plan_.ids), batch.input_ids.data(), batch.input_ids.size() * 4,
-                               cudaMemcpyHostToDevice, stream_));
-    CUDA_CHECK(cudaMemcpyAsync(i32(plan_.lengths), batch.lengths.data(), rows * 4, cudaMemcpyHostToDevice, stream_));
-    if (has_labels_)
-      CUDA_CHECK(cudaMemcpyAsync(i32(plan_.labels), batch.labels.data(), rows * 4, cudaMemcpyHostToDevice, stream_));
-    if (training) {
-      groups_ = cu::group_tokens_by_id(batch.input_ids.data(), static_cast<int64_t>(rows) * seq, config_.pad_token_id);
-      CUDA_CHECK(cudaMemcpyAsync(i32(plan_.group_token), groups_.token.data(), groups_.token.size() * 4,
-                                 cudaMemcpyHostToDevice, stream_));
-      CUDA_CHECK(cudaMemcpyAsync(i32(plan_.group_offset), groups_.offset.data(), groups_.offset.size() * 4,
-                                 cudaMemcpyHostToDevice, stream_));
-      CUDA_CHECK(cudaMemcpyAsync(i32(plan_.group_position), groups_.position.data(), groups_.position.size() * 4,
-                                 cudaMemcpyHostToDevice, stream_));
-    }
+    const size_t N = static_cast<size_t>(plan_.rows) * plan_.seq;
+    wait_staging_free();
+    copy_ints(plan_.ids, batch.input_ids.data(), batch.input_ids.size(), 0);
+    copy_ints(plan_.lengths, batch.lengths.data(), rows, N);
+    if (has_labels_) copy_ints(plan_.labels, batch.labels.data(), rows, N + plan_.rows);
+    staging_in_use();
   }
 
   cu::AttentionScratch attention_scratch() const {
@@ -384,10 +455,12 @@ class CudaBackend final : public Backend {
   void linear(const void* x, size_t w, size_t b, void* y, int rows, int in, int out) {
     cu::linear_forward(*matmul_, stream_, type_, x, low_weight(w), low_weight(b), y, rows, in, out);
   }
-  // Weight and bias gradients of y = x W^T + b, and dx (+)= dy W when dx is given.
-  void linear_grad(const void* dy, const void* x, size_t w, size_t b, void* dx, float beta, int rows, int in, int out) {
+  // Weight and bias gradients of y = x W^T + b, and dx (+)= dy W when dx is given; the bias
+  // gradient is skipped when a fused pass already added it (bias_done).
+  void linear_grad(const void* dy, const void* x, size_t w, size_t b, void* dx, float beta, int rows, int in, int out,
+                   bool bias_done = false) {
     cu::linear_backward_weight(*matmul_, stream_, type_, dy, x, G(w), rows, in, out);
-    cu::linear_backward_bias(G(b), dy, type_, rows, out, scratch(), stream_);
+    if (!bias_done) cu::linear_backward_bias(G(b), dy, type_, rows, out, scratch(), stream_);
     if (dx) cu::linear_backward_input(*matmul_, stream_, type_, dy, low_weight(w), dx, rows, in, out, beta);
   }
 
@@ -524,9 +597,10 @@ class CudaBackend final : public Backend {
       profile_->mark("ln_bwd");
       linear_grad(d_tmp, act(a.ffn_act), lp.f_w, lp.f_b, d_ffn, 0.0f, N, I, C);
       profile_->mark("ffn2_bwd");
-      cu::gelu_backward(d_ffn, act(a.ffn_pre), d_ffn, type_, static_cast<size_t>(N) * I, stream_);
+      // dGELU and the FFN1 bias gradient in one pass over N x I.
+      cu::gelu_backward_bias_grad(d_ffn, G(lp.i_b), act(a.ffn_pre), d_ffn, type_, N, I, scratch(), stream_);
       profile_->mark("gelu_bwd");
-      linear_grad(d_ffn, act(a.attn_out), lp.i_w, lp.i_b, d_sum, 1.0f, N, C, I);
+      linear_grad(d_ffn, act(a.attn_out), lp.i_w, lp.i_b, d_sum, 1.0f, N, C, I, true);
       profile_->mark("ffn1_bwd");
       // Attention LayerNorm: d_h = d(layer input) via the residual, d_tmp = d(O projection output).
       cu::layernorm_backward(d_h, d_tmp, G(lp.ln1_g), G(lp.ln1_b), d_sum, act(a.attn_sum), f32(a.attn_mean),
@@ -599,6 +673,10 @@ class CudaBackend final : public Backend {
   bool has_labels_ = false;
   DropoutKey key_;
   cu::TokenGroupsHost groups_;
+  int32_t* staging_ = nullptr;  // pinned host ints (null with LLMQS_UPLOAD=pageable)
+  size_t staging_ints_ = 0;
+  cudaEvent_t staging_free_ = nullptr;
+  bool staging_recorded_ = false;
 };
 
 }  // namespace

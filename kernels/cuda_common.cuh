@@ -1,6 +1,7 @@
 // Device-side helpers shared by the kernel files: typed load/store through float (every kernel
-// computes in fp32 whatever the storage type), warp and block reductions, the DType dispatch
-// macro and launch-size helpers. Included only by .cu files.
+// computes in fp32 whatever the storage type), 16-byte packed loads/stores, dropout of a pack
+// with one Philox call per four elements, warp reductions, the DType dispatch macro and
+// launch-size helpers. Included only by .cu files.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -11,6 +12,7 @@
 
 #include "kernels/cuda_check.h"
 #include "kernels/cuda_dtype.h"
+#include "kernels/philox.h"
 
 namespace llmqs::kernels::cuda {
 
@@ -43,6 +45,58 @@ __device__ __forceinline__ float warp_max(float x) {
 }
 
 inline unsigned int ceil_div(int64_t a, int64_t b) { return static_cast<unsigned int>((a + b - 1) / b); }
+
+// ---- 16-byte packs: kPack<T> consecutive elements moved with one 128-bit load or store ---------
+// (8 for bf16/fp16, 4 for fp32). The address must be 16-byte aligned: callers check
+// is_aligned16 on the host and fall back to a scalar kernel otherwise.
+template <typename T>
+constexpr int kPack = 16 / static_cast<int>(sizeof(T));
+
+template <typename T>
+struct alignas(16) Pack {
+  T v[kPack<T>];
+};
+
+inline bool is_aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+template <typename T>
+__device__ __forceinline__ void load_pack(const T* p, float (&out)[kPack<T>]) {
+  const Pack<T> pack = *reinterpret_cast<const Pack<T>*>(p);
+#pragma unroll
+  for (int i = 0; i < kPack<T>; ++i) out[i] = to_float(pack.v[i]);
+}
+
+template <typename T>
+__device__ __forceinline__ void store_pack(T* p, const float (&in)[kPack<T>]) {
+  Pack<T> pack;
+#pragma unroll
+  for (int i = 0; i < kPack<T>; ++i) pack.v[i] = from_float<T>(in[i]);
+  *reinterpret_cast<Pack<T>*>(p) = pack;
+}
+
+// kN fp32 values from 16-byte aligned fp32 memory (LayerNorm's gamma/beta), kN a multiple of 4.
+template <int kN>
+__device__ __forceinline__ void load_floats(const float* p, float (&out)[kN]) {
+#pragma unroll
+  for (int i = 0; i < kN; i += 4) {
+    const float4 q = *reinterpret_cast<const float4*>(p + i);
+    out[i] = q.x, out[i + 1] = q.y, out[i + 2] = q.z, out[i + 3] = q.w;
+  }
+}
+
+// Inverted dropout of kN consecutive elements first .. first + kN - 1 of a site's tensor, with
+// first % 4 == 0 and kN % 4 == 0: one Philox call per four elements, word j of the call for
+// element first + 4 g + j -- exactly dropout_keep's choice (philox.h), so masks match the CPU's.
+template <int kN>
+__device__ __forceinline__ void dropout_pack(const DropoutSite& site, int64_t first, float (&x)[kN], float scale) {
+  if (site.p <= 0.0f) return;
+#pragma unroll
+  for (int g = 0; g < kN / 4; ++g) {
+    const Philox4x32 words = dropout_words(site, static_cast<uint64_t>(first >> 2) + g);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) x[4 * g + j] = uniform_from_word(words.v[j]) >= site.p ? x[4 * g + j] * scale : 0.0f;
+  }
+}
 
 }  // namespace llmqs::kernels::cuda
 

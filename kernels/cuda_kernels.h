@@ -60,6 +60,22 @@ void embeddings_backward(float* dword, float* dposition, float* dtoken_type0, co
                          const int32_t* group_token, const int32_t* group_offset, const int32_t* group_position,
                          int num_groups, int rows, int seq, int C, float* scratch, cudaStream_t stream);
 
+// ---- kernel variants (defined in kernels/layernorm.cu) -------------------------------------------
+// The packed kernels (16-byte loads, one Philox call per four elements, LayerNorm gamma/beta sums
+// fused into the backward row pass) are the default; the first, scalar kernels stay as the
+// fallback for shapes the packed ones do not take (C % 8 for bf16/fp16, C % 4 for fp32, or an
+// unaligned pointer) and as a switch for validation runs (core reads LLMQS_LAYERNORM=scalar and
+// LLMQS_GELU=scalar). Process-wide; set before launching, not while kernels are being enqueued.
+// packed_column_sums (LLMQS_COLUMN_SUM=scalar to turn off) covers the bias-gradient column sums;
+// packed_gelu also selects gelu_backward_bias_grad's fused single pass.
+struct KernelVariants {
+  bool packed_layernorm = true;
+  bool packed_gelu = true;
+  bool packed_column_sums = true;
+};
+void set_kernel_variants(const KernelVariants& variants);
+KernelVariants kernel_variants();
+
 // ---- LayerNorm (kernels/layernorm.cu; CPU twin kernels/cpu/layernorm.h) -------------------------
 // x = dropout_a(a) + b (b may be null: x = dropout_a(a)); when b is given, x is stored in `sum`
 // (the backward's input). out = dropout_out(LayerNorm(x) * gamma + beta). mean/rstd fp32 [N].
@@ -80,6 +96,12 @@ void layernorm_backward(void* dx, void* dx_dropped, float* dgamma, float* dbeta,
 // Exact erf GELU and tanh, fp32 math. out/dinp may alias inputs as on the CPU.
 void gelu_forward(void* out, const void* inp, DType type, size_t n, cudaStream_t stream);
 void gelu_backward(void* dinp, const void* inp, const void* dout, DType type, size_t n, cudaStream_t stream);
+// gelu_backward over [rows x cols] (row-major, dense) fused with the bias gradient of the Linear
+// that produced inp: dbias[c] += sum_r dinp[r, c], summing the stored (rounded) dinp values in
+// column_reduce's order, so the bits equal gelu_backward followed by linear_backward_bias.
+// dinp may alias dout. scratch: column_reduce_scratch_floats(rows, cols).
+void gelu_backward_bias_grad(void* dinp, float* dbias, const void* inp, const void* dout, DType type, int64_t rows,
+                             int cols, float* scratch, cudaStream_t stream);
 void tanh_forward(void* out, const void* inp, DType type, size_t n, cudaStream_t stream);
 void tanh_backward(void* dinp, const void* out, const void* dout, DType type, size_t n, cudaStream_t stream);
 

@@ -23,6 +23,7 @@
 #include "core/bench.h"
 #include "core/device_memory.h"
 #include "core/parameters.h"
+#include "kernels/cuda_kernels.h"
 
 using namespace llmqs;
 using core::BertConfig;
@@ -214,6 +215,40 @@ TEST(CudaBackend, Bf16TrainingStepsTrackTheCpuBackend) {
 TEST(CudaBackend, Fp16TrainingStepsTrackTheCpuBackend) {
   REQUIRE_CUDA();
   run_parity("fp16", 1e-2, 3e-2, 0.0);
+}
+
+// tiny_config's FFN width (37) sends GELU and the FFN1 bias sums to the scalar fallback; 72 takes
+// the packed kernels and the fused dGELU + bias-gradient pass in every precision.
+TEST(CudaBackend, PackedFfnWidthTrainingStepsMatchTheCpuBackend) {
+  REQUIRE_CUDA();
+  BertConfig c = tiny_config();
+  c.intermediate_size = 72;
+  run_parity("fp32", 1e-5, 1e-4, 1e-3, c);
+  run_parity("bf16", 1e-2, 3e-2, 0.0, c);
+}
+
+// The validation switches (core/cuda_backend.cpp): the first, scalar LayerNorm and GELU kernels
+// and batch copies straight from the vectors must give the same CPU parity as the defaults
+// (packed kernels, pinned staging, token groups uploaded after the forward is enqueued).
+TEST(CudaBackend, ScalarKernelsAndPageableUploadMatchTheCpuBackend) {
+  REQUIRE_CUDA();
+  ::setenv("LLMQS_LAYERNORM", "scalar", 1);
+  ::setenv("LLMQS_GELU", "scalar", 1);
+  ::setenv("LLMQS_UPLOAD", "pageable", 1);
+  {
+    const BertConfig c = tiny_config();
+    auto probe = core::make_cuda_backend(c, "fp32", 1, 4);
+    EXPECT_FALSE(kernels::cuda::kernel_variants().packed_layernorm);
+    EXPECT_FALSE(kernels::cuda::kernel_variants().packed_gelu);
+  }
+  run_parity("fp32", 1e-5, 1e-4, 1e-3);
+  run_parity("bf16", 1e-2, 3e-2, 0.0);
+  ::unsetenv("LLMQS_LAYERNORM");
+  ::unsetenv("LLMQS_GELU");
+  ::unsetenv("LLMQS_UPLOAD");
+  auto packed = core::make_cuda_backend(tiny_config(), "fp32", 1, 4);
+  EXPECT_TRUE(kernels::cuda::kernel_variants().packed_layernorm);
+  EXPECT_TRUE(kernels::cuda::kernel_variants().packed_gelu);
 }
 
 // head_dim 32: bf16/fp16 run the fused tensor-core attention (kernels/flash_attention.cu).

@@ -3,6 +3,8 @@
 // fp32 2e-5 (different summation orders only), bf16/fp16 1e-2 (the CPU runs on the same
 // rounded inputs, so what remains is output rounding and half-precision intermediates).
 // Dropout masks must match bit for bit. Output buffers are poisoned with NaN before each run.
+// Kernels with a packed and a scalar variant (LayerNorm, GELU, column sums; KernelVariants) run
+// both, and the shapes include widths that the packed kernels hand to the scalar fallback.
 // Without a CUDA device every test skips with "no CUDA device: ...".
 #include <gtest/gtest.h>
 
@@ -147,6 +149,22 @@ DropoutSite make_site(uint32_t tensor_id, float p) {
 
 class CudaKernels : public ::testing::TestWithParam<DType> {};
 
+// Runs the test body under one kernel variant and restores the default afterwards.
+class VariantScope {
+ public:
+  explicit VariantScope(const cu::KernelVariants& v) : saved_(cu::kernel_variants()) { cu::set_kernel_variants(v); }
+  ~VariantScope() { cu::set_kernel_variants(saved_); }
+
+ private:
+  cu::KernelVariants saved_;
+};
+
+cu::KernelVariants variants(bool packed) {
+  cu::KernelVariants v;
+  v.packed_layernorm = v.packed_gelu = packed;
+  return v;
+}
+
 std::string type_name(const ::testing::TestParamInfo<DType>& info) { return llmqs::kernels::dtype_name(info.param); }
 
 // ---- matmul -----------------------------------------------------------------------------------
@@ -229,14 +247,22 @@ TEST_P(CudaKernels, EmbeddingsMatchCpuAndSkipThePaddingRow) {
 }
 
 // ---- layernorm --------------------------------------------------------------------------------
+// Packed kernels take C % 8 == 0 (bf16/fp16) or C % 4 == 0 (fp32); C = 36 runs packed only in fp32,
+// C = 50 always falls back to the scalar kernels. N = 300 spans three 128-row backward blocks.
 TEST_P(CudaKernels, ResidualDropoutLayerNormMatchesCpu) {
   REQUIRE_CUDA();
   const DType type = GetParam();
   uint32_t seed = 100;
-  for (const int C : {16, 40, 768, 1000}) {
+  struct Shape {
+    int N, C;
+  };
+  for (const bool packed : {true, false})
+  for (const Shape shape : {Shape{67, 16}, Shape{67, 36}, Shape{67, 40}, Shape{67, 50}, Shape{300, 768}, Shape{67, 1000}}) {
     for (const float p : {0.0f, 0.1f}) {
-      const int N = 67;
-      const std::string what = "C=" + std::to_string(C) + " p=" + std::to_string(p);
+      const VariantScope scope(variants(packed));
+      const int N = shape.N, C = shape.C;
+      const std::string what = std::string(packed ? "packed" : "scalar") + " N=" + std::to_string(N) +
+                               " C=" + std::to_string(C) + " p=" + std::to_string(p);
       const DropoutSite a_site = make_site(9, p), none;
       const auto a = rounded(random_vector(size_t(N) * C, ++seed), type);
       const auto b = rounded(random_vector(size_t(N) * C, ++seed), type);
@@ -277,7 +303,10 @@ TEST_P(CudaKernels, ResidualDropoutLayerNormMatchesCpu) {
                              rstd.f32(), dg.f32(), type, N, C, a_site, none, scratch.f32(), nullptr);
       CUDA_CHECK(cudaDeviceSynchronize());
       expect_close(dx.get(), dx_ref, tolerance(type), "layernorm dx " + what);
-      expect_close(dx_dropped.get(), dx_dropped_ref, tolerance(type), "layernorm dx through dropout " + what);
+      const auto dx_dropped_got = dx_dropped.get();
+      expect_close(dx_dropped_got, dx_dropped_ref, tolerance(type), "layernorm dx through dropout " + what);
+      for (size_t i = 0; i < x.size(); ++i)  // the same mask, bit for bit (dx itself is never exactly 0 here)
+        ASSERT_EQ(dx_dropped_got[i] == 0.0f, dx_dropped_ref[i] == 0.0f) << "dropout mask differs at " << i << " " << what;
       expect_close(ddgamma.get(), dgamma_ref, tolerance(type), "dgamma " + what);
       expect_close(ddbeta.get(), dbeta_ref, tolerance(type), "dbeta " + what);
     }
@@ -287,33 +316,40 @@ TEST_P(CudaKernels, ResidualDropoutLayerNormMatchesCpu) {
 TEST_P(CudaKernels, LayerNormWithOutputDropoutMatchesCpuComposition) {
   REQUIRE_CUDA();
   const DType type = GetParam();
-  const int N = 45, C = 96;
-  const DropoutSite out_site = make_site(0, 0.1f), none;
-  const auto x = rounded(random_vector(size_t(N) * C, 31), type);
-  const auto gamma = random_vector(C, 32), beta = random_vector(C, 33);
-  std::vector<float> ln(x.size()), out_ref(x.size()), mean_ref(N), rstd_ref(N);
-  kc::layernorm_forward(ln.data(), mean_ref.data(), rstd_ref.data(), x.data(), gamma.data(), beta.data(), N, C, 1e-12f);
-  kc::dropout_forward(out_ref.data(), ln.data(), ln.size(), out_site);
-  const auto dout = rounded(random_vector(x.size(), 34), type);
-  std::vector<float> g(x.size()), dx_ref(x.size()), dgamma_ref(C, 0.0f), dbeta_ref(C, 0.0f);
-  kc::dropout_backward(g.data(), dout.data(), g.size(), out_site);
-  kc::layernorm_backward(dx_ref.data(), dgamma_ref.data(), dbeta_ref.data(), g.data(), x.data(), mean_ref.data(),
-                         rstd_ref.data(), gamma.data(), N, C);
+  for (const bool packed : {true, false}) {
+    const VariantScope scope(variants(packed));
+    const std::string what = packed ? " (packed)" : " (scalar)";
+    const int N = 45, C = 96;
+    const DropoutSite out_site = make_site(0, 0.1f), none;
+    const auto x = rounded(random_vector(size_t(N) * C, 31), type);
+    const auto gamma = random_vector(C, 32), beta = random_vector(C, 33);
+    std::vector<float> ln(x.size()), out_ref(x.size()), mean_ref(N), rstd_ref(N);
+    kc::layernorm_forward(ln.data(), mean_ref.data(), rstd_ref.data(), x.data(), gamma.data(), beta.data(), N, C, 1e-12f);
+    kc::dropout_forward(out_ref.data(), ln.data(), ln.size(), out_site);
+    const auto dout = rounded(random_vector(x.size(), 34), type);
+    std::vector<float> g(x.size()), dx_ref(x.size()), dgamma_ref(C, 0.0f), dbeta_ref(C, 0.0f);
+    kc::dropout_backward(g.data(), dout.data(), g.size(), out_site);
+    kc::layernorm_backward(dx_ref.data(), dgamma_ref.data(), dbeta_ref.data(), g.data(), x.data(), mean_ref.data(),
+                           rstd_ref.data(), gamma.data(), N, C);
 
-  DeviceArray dxin(x, type), dg(gamma), db(beta), out(x.size(), type), mean(N, DType::kF32), rstd(N, DType::kF32);
-  DeviceArray ddout(dout, type), dx(x.size(), type), dgamma(std::vector<float>(C, 0.0f)), dbeta(std::vector<float>(C, 0.0f));
-  DeviceArray scratch(cu::column_reduce_scratch_floats(N, 2 * C), DType::kF32);
-  out.poison();
-  dx.poison();
-  cu::layernorm_forward(out.ptr(), nullptr, mean.f32(), rstd.f32(), dxin.ptr(), nullptr, dg.f32(), db.f32(), type, N, C,
-                        1e-12f, none, out_site, nullptr);
-  cu::layernorm_backward(dx.ptr(), nullptr, dgamma.f32(), dbeta.f32(), ddout.ptr(), dxin.ptr(), mean.f32(), rstd.f32(),
-                         dg.f32(), type, N, C, none, out_site, scratch.f32(), nullptr);
-  CUDA_CHECK(cudaDeviceSynchronize());
-  expect_close(out.get(), out_ref, tolerance(type), "layernorm + output dropout");
-  expect_close(dx.get(), dx_ref, tolerance(type), "dx");
-  expect_close(dgamma.get(), dgamma_ref, tolerance(type), "dgamma");
-  expect_close(dbeta.get(), dbeta_ref, tolerance(type), "dbeta");
+    DeviceArray dxin(x, type), dg(gamma), db(beta), out(x.size(), type), mean(N, DType::kF32), rstd(N, DType::kF32);
+    DeviceArray ddout(dout, type), dx(x.size(), type), dgamma(std::vector<float>(C, 0.0f)), dbeta(std::vector<float>(C, 0.0f));
+    DeviceArray scratch(cu::column_reduce_scratch_floats(N, 2 * C), DType::kF32);
+    out.poison();
+    dx.poison();
+    cu::layernorm_forward(out.ptr(), nullptr, mean.f32(), rstd.f32(), dxin.ptr(), nullptr, dg.f32(), db.f32(), type, N, C,
+                          1e-12f, none, out_site, nullptr);
+    cu::layernorm_backward(dx.ptr(), nullptr, dgamma.f32(), dbeta.f32(), ddout.ptr(), dxin.ptr(), mean.f32(), rstd.f32(),
+                           dg.f32(), type, N, C, none, out_site, scratch.f32(), nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    const auto out_got = out.get();
+    expect_close(out_got, out_ref, tolerance(type), "layernorm + output dropout" + what);
+    for (size_t i = 0; i < out_ref.size(); ++i)
+      ASSERT_EQ(out_got[i] == 0.0f, out_ref[i] == 0.0f) << "output dropout mask differs at " << i << what;
+    expect_close(dx.get(), dx_ref, tolerance(type), "dx" + what);
+    expect_close(dgamma.get(), dgamma_ref, tolerance(type), "dgamma" + what);
+    expect_close(dbeta.get(), dbeta_ref, tolerance(type), "dbeta" + what);
+  }
 }
 
 // ---- attention --------------------------------------------------------------------------------
@@ -449,8 +485,30 @@ TEST_P(CudaKernels, GeluTanhAndDropoutMatchCpu) {
     CUDA_CHECK(cudaDeviceSynchronize());
     expect_close(out.get(), ref, tolerance(type), what);
   };
-  run([&] { cu::gelu_forward(out.ptr(), dx.ptr(), type, n, nullptr); }, gelu_ref, "gelu");
-  run([&] { cu::gelu_backward(out.ptr(), dx.ptr(), ddout.ptr(), type, n, nullptr); }, dgelu_ref, "gelu backward");
+  for (const bool packed : {true, false}) {
+    const VariantScope scope(variants(packed));
+    const std::string v = packed ? " (packed + scalar tail)" : " (scalar)";
+    run([&] { cu::gelu_forward(out.ptr(), dx.ptr(), type, n, nullptr); }, gelu_ref, "gelu" + v);
+    run([&] { cu::gelu_backward(out.ptr(), dx.ptr(), ddout.ptr(), type, n, nullptr); }, dgelu_ref, "gelu backward" + v);
+  }
+  {
+    // One element in: unaligned pointers take the scalar kernels; element 0 must stay untouched.
+    const size_t es = llmqs::kernels::dtype_bytes(type);
+    auto shifted = [&](const DeviceArray& a) { return static_cast<char*>(a.ptr()) + es; };
+    auto expect_shifted = [&](const std::vector<float>& ref, const std::string& what) {
+      CUDA_CHECK(cudaDeviceSynchronize());
+      auto got = out.get();
+      ASSERT_TRUE(std::isnan(got[0])) << what << ": element before the range was written";
+      got.erase(got.begin());
+      expect_close(got, std::vector<float>(ref.begin() + 1, ref.end()), tolerance(type), what);
+    };
+    out.poison();
+    cu::gelu_forward(shifted(out), shifted(dx), type, n - 1, nullptr);
+    expect_shifted(gelu_ref, "gelu, unaligned");
+    out.poison();
+    cu::gelu_backward(shifted(out), shifted(dx), shifted(ddout), type, n - 1, nullptr);
+    expect_shifted(dgelu_ref, "gelu backward, unaligned");
+  }
   run([&] { cu::tanh_forward(out.ptr(), dx.ptr(), type, n, nullptr); }, tanh_ref, "tanh");
   run([&] { cu::tanh_backward(out.ptr(), dtanh_in.ptr(), ddout.ptr(), type, n, nullptr); }, dtanh_ref, "tanh backward");
   out.poison();
@@ -465,6 +523,56 @@ TEST_P(CudaKernels, GeluTanhAndDropoutMatchCpu) {
   }
   EXPECT_NEAR(double(zeros) / n, 0.25, 0.02);
   expect_close(dropped, drop_ref, tolerance(type), "dropout values");
+}
+
+// Bias-gradient column sums (packed and scalar kernels) and the fused dGELU + FFN1 bias pass,
+// against the CPU, and packed == scalar bit for bit (the same addition order by construction).
+// cols 72 runs packed for every type, 36 only in fp32, 37 never; 300 rows = three row chunks.
+TEST_P(CudaKernels, ColumnSumsAndFusedGeluBiasGradMatchCpuAndTheScalarBits) {
+  REQUIRE_CUDA();
+  const DType type = GetParam();
+  const int rows = 300;
+  for (const int cols : {72, 36, 37}) {
+    const std::string what = "cols=" + std::to_string(cols);
+    const size_t n = size_t(rows) * cols;
+    const auto x = rounded(random_vector(n, 51 + cols, 2.0f), type), dout = rounded(random_vector(n, 52 + cols), type);
+    const auto start = random_vector(cols, 53);
+    std::vector<float> dgelu_ref(n);
+    kc::gelu_backward(dgelu_ref.data(), x.data(), dout.data(), n);
+    const auto dgelu_stored = rounded(dgelu_ref, type);  // what the GPU stores and then sums
+    std::vector<float> dbias_ref = start, sum_ref = start;
+    for (int r = 0; r < rows; ++r)
+      for (int c = 0; c < cols; ++c) {
+        dbias_ref[c] += dgelu_stored[size_t(r) * cols + c];
+        sum_ref[c] += dout[size_t(r) * cols + c];
+      }
+    DeviceArray dx(x, type), ddout(dout, type), dinp(n, type);
+    DeviceArray scratch(cu::column_reduce_scratch_floats(rows, cols), DType::kF32);
+    std::vector<float> bits[2][2];  // [packed][column sum, fused dbias]
+    for (const bool packed : {true, false}) {
+      const VariantScope scope([&] {
+        cu::KernelVariants v = variants(packed);
+        v.packed_column_sums = packed;
+        return v;
+      }());
+      const std::string how = what + (packed ? " packed" : " scalar");
+      DeviceArray sum(start), dbias(start);
+      cu::linear_backward_bias(sum.f32(), ddout.ptr(), type, rows, cols, scratch.f32(), nullptr);
+      dinp.poison();
+      cu::gelu_backward_bias_grad(dinp.ptr(), dbias.f32(), dx.ptr(), ddout.ptr(), type, rows, cols, scratch.f32(),
+                                  nullptr);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      expect_close(dinp.get(), dgelu_ref, tolerance(type), "fused dGELU values " + how);
+      bits[packed][0] = sum.get();
+      bits[packed][1] = dbias.get();
+      expect_close(bits[packed][0], sum_ref, 2e-5, "bias column sums " + how);
+      // Half types: a stored dGELU value may round the other way than the CPU's (1 ulp, fast-math expf).
+      expect_close(bits[packed][1], dbias_ref, type == DType::kF32 ? 2e-5 : 2e-3, "fused dGELU bias gradient " + how);
+    }
+    for (int k = 0; k < 2; ++k)
+      for (int c = 0; c < cols; ++c)
+        ASSERT_EQ(bits[1][k][c], bits[0][k][c]) << (k ? "fused dbias" : "column sum") << " column " << c << " " << what;
+  }
 }
 
 TEST_P(CudaKernels, SoftmaxCrossEntropyMatchesCpu) {
