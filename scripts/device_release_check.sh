@@ -46,6 +46,13 @@ for t in kernels_cuda_test core_cuda_backend_test kernels_cuda_test-sm75ptx core
 done
 grep -qE "FAILED.*(Flash|FusedAttention)" "$out"/*_test.log && fused_ok=0
 row "tests   fused attention tests passed: $fused_ok"
+# A failing newer kernel family falls back to its older, tested twin for the rest of the job,
+# so every number below comes from code whose tests passed here.
+[ $fused_ok = 1 ] || export LLMQS_ATTENTION=unfused
+grep -qE "FAILED.*LayerNorm" "$out"/*_test.log && export LLMQS_LAYERNORM=scalar
+grep -qE "FAILED.*(Gelu|ColumnSum|PackedFfn)" "$out"/*_test.log && export LLMQS_GELU=scalar LLMQS_COLUMN_SUM=scalar
+grep -qE "FAILED.*Pageable" "$out"/*_test.log && export LLMQS_UPLOAD=pageable
+row "tests   kernel variants used below: $(env | grep -E '^LLMQS_(ATTENTION|LAYERNORM|GELU|COLUMN_SUM|UPLOAD)=' | tr '\n' ' ')(none = all new)"
 fi
 
 work=/tmp/llmqs/work
@@ -110,6 +117,7 @@ if want 5; then
 echo "== 5. bert-base bf16 512x64: ours vs PyTorch, same job"
 for attention in unfused fused; do
   [ $attention = fused ] && [ $fused_ok = 0 ] && continue
+  [ $attention = unfused ] && [ $fused_ok = 1 ] && [ -n "${QUICK:-}" ] && continue
   LLMQS_ATTENTION=$attention "$bin" bench --seq 512 --batch 64 --precision bf16 --steps 20 --warmup 5 \
     --peak-tflops 790 2>>"$out/bench.err" | grep '^{' | sed "s/^{/{\"attention\":\"$attention\",/" >>"$out/ours.jsonl"
 done
