@@ -188,10 +188,11 @@ class CudaBackend final : public Backend {
     if (max_seq_len > config_.max_position_embeddings)
       throw std::invalid_argument("max_seq_len " + std::to_string(max_seq_len) + " exceeds max_position_embeddings " +
                                   std::to_string(config_.max_position_embeddings));
-    plan_ = plan_device_memory(config_, max_rows, max_seq_len, precision_);
+    const bool fused_available = cu::flash_attention_supported(type_, config_.hidden_size, config_.num_attention_heads);
+    plan_ = plan_device_memory(config_, max_rows, max_seq_len, precision_, fused_available);
     size_t free_bytes = 0, total_bytes = 0;
     CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-    check_device_memory_fits(config_, max_rows, max_seq_len, precision_, free_bytes);
+    check_device_memory_fits(config_, max_rows, max_seq_len, precision_, free_bytes, fused_available);
     CUDA_CHECK(cudaMalloc(&arena_, plan_.arena_bytes));
     CUDA_CHECK(cudaStreamCreate(&stream_));
     cu::KernelVariants variants;

@@ -55,7 +55,7 @@ bool fused_attention_planned(const BertConfig& config, const std::string& precis
 }
 
 DeviceMemoryPlan plan_device_memory(const BertConfig& config, int max_rows, int max_seq_len,
-                                    const std::string& precision) {
+                                    const std::string& precision, bool fused_kernels_available) {
   if (precision != "fp32" && precision != "tf32" && precision != "bf16" && precision != "fp16")
     throw std::invalid_argument("precision: '" + precision + "' is not a resolved CUDA precision (fp32, tf32, bf16, fp16)");
   if (max_rows <= 0 || max_seq_len <= 0)
@@ -74,7 +74,7 @@ DeviceMemoryPlan plan_device_memory(const BertConfig& config, int max_rows, int 
   const size_t I = static_cast<size_t>(config.intermediate_size), H = static_cast<size_t>(config.num_attention_heads);
   const size_t L = static_cast<size_t>(config.num_labels);
   const size_t scores = B * H * S * S;
-  plan.fused_attention = fused_attention_planned(config, precision);
+  plan.fused_attention = fused_kernels_available && fused_attention_planned(config, precision);
   // Fused attention keeps only lse [B x H x S] per layer (in `probs`) and delta in `att_scores`.
   const size_t probs_bytes = plan.fused_attention ? B * H * S * 4 : scores * act;
   const size_t heads_copy = plan.fused_attention ? 0 : N * C * act;
@@ -157,13 +157,14 @@ DeviceMemoryPlan plan_device_memory(const BertConfig& config, int max_rows, int 
   return plan;
 }
 
-size_t estimate_device_bytes(const BertConfig& config, int max_rows, int max_seq_len, const std::string& precision) {
-  return plan_device_memory(config, max_rows, max_seq_len, precision).total_bytes();
+size_t estimate_device_bytes(const BertConfig& config, int max_rows, int max_seq_len, const std::string& precision,
+                             bool fused_kernels_available) {
+  return plan_device_memory(config, max_rows, max_seq_len, precision, fused_kernels_available).total_bytes();
 }
 
 void check_device_memory_fits(const BertConfig& config, int max_rows, int max_seq_len, const std::string& precision,
-                              size_t free_bytes) {
-  const DeviceMemoryPlan plan = plan_device_memory(config, max_rows, max_seq_len, precision);
+                              size_t free_bytes, bool fused_kernels_available) {
+  const DeviceMemoryPlan plan = plan_device_memory(config, max_rows, max_seq_len, precision, fused_kernels_available);
   if (plan.total_bytes() <= free_bytes) return;
   std::string advice = "lower per_device_train_batch_size (or per_device_eval_batch_size) and raise "
                        "gradient_accumulation_steps to keep the global batch, or lower max_length";

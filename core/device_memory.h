@@ -53,19 +53,23 @@ struct DeviceMemoryPlan {
   size_t total_bytes() const { return arena_bytes + overhead_bytes; }
 };
 
-// Whether the plan uses fused (flash) attention: bf16/fp16, head_dim 32 or 64, and (for now)
-// LLMQS_ATTENTION=fused in the environment; see docs/performance.md for why it is opt-in.
+// Whether the plan uses fused (flash) attention: bf16/fp16, head_dim 32 or 64, unless
+// LLMQS_ATTENTION=unfused (the A/B switch; docs/performance.md).
 bool fused_attention_planned(const BertConfig& config, const std::string& precision);
 
 // precision: fp32 | tf32 | bf16 | fp16 (already resolved; "auto" is not accepted here).
+// fused_kernels_available: false when the running code lacks the fused kernels for this precision
+// (bf16 in a compute_75-only build, kernels::cuda::flash_attention_supported); the plan then uses
+// the unfused attention and its larger buffers.
 DeviceMemoryPlan plan_device_memory(const BertConfig& config, int max_rows, int max_seq_len,
-                                    const std::string& precision);
+                                    const std::string& precision, bool fused_kernels_available = true);
 
-size_t estimate_device_bytes(const BertConfig& config, int max_rows, int max_seq_len, const std::string& precision);
+size_t estimate_device_bytes(const BertConfig& config, int max_rows, int max_seq_len, const std::string& precision,
+                             bool fused_kernels_available = true);
 
 // Throws std::runtime_error when the estimate exceeds free_bytes, with the numbers and what to
 // change (smaller per-device batch, shorter max_length, bf16/fp16).
 void check_device_memory_fits(const BertConfig& config, int max_rows, int max_seq_len, const std::string& precision,
-                              size_t free_bytes);
+                              size_t free_bytes, bool fused_kernels_available = true);
 
 }  // namespace llmqs::core

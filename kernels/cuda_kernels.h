@@ -145,6 +145,9 @@ void attention_backward(void* dq, void* dk, void* dv, const void* dctx, const vo
 // domain) instead of probs; the backward recomputes P and the Philox mask from it. delta_scratch:
 // [rows x heads x seq] fp32. dq, dk, dv are overwritten. Unsupported shapes throw.
 bool flash_attention_supported(DType type, int C, int heads);
+// __CUDA_ARCH__ of the code this binary runs on the current GPU (750 for a compute_75-only build on
+// any GPU); 0 without a usable device.
+int loaded_code_arch();
 void flash_attention_forward(void* ctx, float* lse, const void* q, const void* k, const void* v,
                              const int32_t* lengths, DType type, int rows, int seq, int C, int heads,
                              const DropoutSite& dropout, cudaStream_t stream);

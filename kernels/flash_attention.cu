@@ -503,8 +503,38 @@ void check_supported(DType type, int C, int heads, const char* who) {
 
 }  // namespace
 
+namespace {
+__global__ void report_code_arch(int* arch) {
+#ifdef __CUDA_ARCH__
+  *arch = __CUDA_ARCH__;
+#endif
+}
+}  // namespace
+
+int loaded_code_arch() {
+  // The architecture the driver actually runs for this binary on the current GPU: a build holding
+  // only compute_75 PTX reports 750 even on an H200. Asked once per process.
+  static const int arch = [] {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+      cudaGetLastError();
+      return 0;
+    }
+    int* d = nullptr;
+    int h = 0;
+    if (cudaMalloc(&d, sizeof(int)) != cudaSuccess) return 0;
+    report_code_arch<<<1, 1>>>(d);
+    if (cudaMemcpy(&h, d, sizeof(int), cudaMemcpyDeviceToHost) != cudaSuccess) h = 0;
+    cudaFree(d);
+    return h;
+  }();
+  return arch;
+}
+
 bool flash_attention_supported(DType type, int C, int heads) {
   if (type == DType::kF32 || heads <= 0 || C % heads != 0) return false;
+  // bf16 mma exists from sm_80 on; code compiled for sm_75 (the T4 build) has only the fp16 path.
+  if (type == DType::kBF16 && loaded_code_arch() != 0 && loaded_code_arch() < 800) return false;
   const int d = C / heads;
   return d == 32 || d == 64;
 }

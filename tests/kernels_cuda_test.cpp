@@ -417,6 +417,11 @@ TEST_P(CudaKernels, FlashAttentionWithPaddingAndDropoutMatchesCpu) {
   EXPECT_FALSE(cu::flash_attention_supported(DType::kF32, 128, 2));
   EXPECT_FALSE(cu::flash_attention_supported(type, 48, 3));  // head_dim 16: the unfused path
   if (type == DType::kF32) return;
+  if (type == DType::kBF16 && cu::loaded_code_arch() < 800) {
+    EXPECT_FALSE(cu::flash_attention_supported(type, 128, 2));
+    GTEST_SKIP() << "bf16 fused attention needs sm_80 code; this binary runs compute_" << cu::loaded_code_arch() / 10
+                 << " code here (the T4 build), where bf16 attention takes the unfused path";
+  }
   uint32_t seed = 900;
   for (const Shape& s : {Shape{2, 128, 128, 2, {100, 128}}, Shape{3, 77, 96, 3, {77, 40, 1}},
                          Shape{1, 200, 256, 4, {131}}}) {
