@@ -307,7 +307,7 @@ LabeledText parse_json_line(const std::string& path, const char* begin, const ch
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(begin, end);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // parse_error, and out_of_range for numbers like 1e400
     std::string what = e.what();
     const size_t tag_end = what.find("] ");  // drop nlohmann's "[json.exception.parse_error.101] "
     if (what.rfind("[json.exception", 0) == 0 && tag_end != std::string::npos) what = what.substr(tag_end + 2);
