@@ -38,7 +38,7 @@ json read_json_file(const std::string& path) {
   if (!in) throw std::runtime_error(path + ": cannot open");
   try {
     return json::parse(in);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // syntax errors and out-of-range numbers alike
     throw std::runtime_error(path + ": not valid JSON: " + e.what());
   }
 }

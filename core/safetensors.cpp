@@ -121,7 +121,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     nlohmann::ordered_json json;  // keeps the header's order for tensors()
     try {
       json = nlohmann::ordered_json::parse(header);
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {
       throw file_error(path, std::string("header is not valid JSON: ") + e.what());
     }
     if (!json.is_object()) throw file_error(path, "header JSON must be an object of tensors");

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -376,6 +377,8 @@ WordPieceTokenizer WordPieceTokenizer::from_file(const std::string& path, bool d
   WordPieceTokenizer tok;
   tok.source_path_ = path;
   tok.do_lower_case_ = do_lower_case;
+  if (std::filesystem::is_directory(path))
+    throw std::runtime_error(path + ": is a directory, expected a vocab.txt or tokenizer.json file");
   const std::string content = read_whole_file(path);
   const size_t first_non_space = content.find_first_not_of(" \t\r\n");
   const bool is_json = ends_with(path, ".json") ||

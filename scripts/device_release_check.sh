@@ -102,7 +102,7 @@ for precision in fp16 bf16; do
   b=$bin; [ $precision = fp16 ] && b=$t4bin
   mpirun -np 1 "$b" train --config configs/bert-base-yelp-t4.ini --precision $precision \
     --train_file "$work/sample/train.csv" --validation_file "$work/sample/test.csv" --vocab "$work/sample/vocab.txt" \
-    --do_lower_case true --init_from "" --learning_rate "${T4_LR:-1e-4}" --warmup_ratio 0.1 --max_steps 626 --logging_steps 50 \
+    --do_lower_case true --init_from "" --learning_rate "${T4_LR:-3e-5}" --warmup_ratio 0.1 --max_steps 626 --logging_steps 50 \
     --save_steps 0 --save_total_limit 0 --output_dir "$work/bert-$precision" >"$out/train_bert_$precision.log" 2>&1
   row "t4      bert-base $precision 626 steps (2 epochs) on sample: losses $(python3 -c "
 import json; print(' '.join(f'{r[\"loss\"]:.3f}' for r in map(json.loads, open('$work/bert-$precision/metrics.jsonl')) if 'loss' in r))" 2>&1) | $(grep -oE 'eval_accuracy [0-9.]+' "$out/train_bert_$precision.log" | tr '\n' ' ') ($(since))"

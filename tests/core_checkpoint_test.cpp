@@ -225,7 +225,8 @@ TEST_F(CheckpointTest, SchemaIsPlainHdf5WithHfNames) {
   H5Sget_simple_extent_dims(space, dims, nullptr);
   EXPECT_EQ(dims[0], 24u);  // [intermediate, hidden] as torch.nn.Linear
   EXPECT_EQ(dims[1], 16u);
-  const ParameterInfo& info = ParameterLayout::for_bert(original.model).find("bert.encoder.layer.1.intermediate.dense.weight");
+  const ParameterLayout layout = ParameterLayout::for_bert(original.model);  // outlives `info`
+  const ParameterInfo& info = layout.find("bert.encoder.layer.1.intermediate.dense.weight");
   std::vector<float> values(info.numel);
   ASSERT_GE(H5Dread(dataset, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()), 0);
   EXPECT_EQ(std::memcmp(values.data(), original.parameters.data() + info.offset, info.numel * 4), 0);
