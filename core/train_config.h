@@ -65,6 +65,7 @@ struct TrainConfig {
   int64_t save_steps = 0;                     // 0: only the final checkpoint
   int save_total_limit = 0;                   // 0: keep every checkpoint
   std::string resume_from_checkpoint = "none";  // none | auto (latest in output_dir) | a file
+  bool overwrite_output_dir = false;  // HF name: allow a fresh run into an output_dir holding checkpoints
   std::string init_from;                      // a checkpoint (e.g. from import-hf) to start from
   std::string metric_for_best_model;          // "" | eval_loss | eval_accuracy | eval_macro_f1
 

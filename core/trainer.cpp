@@ -463,6 +463,7 @@ EvalMetrics evaluate_checkpoint(const std::string& checkpoint_file, TrainConfig 
 Trainer::Trainer(TrainConfig config, comm::Communicator& comm, std::unique_ptr<Backend> backend)
     : config_(std::move(config)), comm_(comm) {
   config_.validate(/*for_training=*/true);
+  refuse_earlier_runs_checkpoints(config_);
   config_.device = resolve_device(config_.device, &device_note_);
   // A backend handed in by a test brings its own arithmetic: its precision is taken as given
   // (an fp32 CPU backend run with precision fp16 exercises the loss scaling exactly).
@@ -847,6 +848,29 @@ std::string Trainer::save_checkpoint() {
   rotate_checkpoints(config_.output_dir, config_.save_total_limit, state_.best_checkpoint);
   last_checkpoint_ = path;
   return path;
+}
+
+// A fresh run (resume_from_checkpoint none) into an output_dir that holds checkpoints would mix
+// two runs there, and a later `resume_from_checkpoint auto` would pick up the wrong one: the
+// course's "checkpoint directory already exists" trap. Say what to do instead.
+void refuse_earlier_runs_checkpoints(const TrainConfig& config) {
+  if (config.resume_from_checkpoint != "none" || config.overwrite_output_dir) return;
+  std::error_code ec;
+  if (!fs::is_directory(config.output_dir, ec)) return;
+  int64_t newest = -1;
+  int count = 0;
+  for (const auto& entry : fs::directory_iterator(config.output_dir, ec)) {
+    const int64_t step = checkpoint_step_from_name(entry.path().filename().string());
+    if (step < 0) continue;
+    ++count;
+    newest = std::max(newest, step);
+  }
+  if (count == 0) return;
+  throw std::invalid_argument(
+      "output_dir: " + config.output_dir + " already holds " + std::to_string(count) +
+      " checkpoint(s) of an earlier run (newest: checkpoint-" + std::to_string(newest) +
+      ".h5). Continue that run with --resume_from_checkpoint auto, start a new one with another "
+      "--output_dir, or replace it with --overwrite_output_dir true");
 }
 
 // ---- the loop --------------------------------------------------------------------------------------

@@ -63,6 +63,9 @@ int backend_max_seq_len(const TrainConfig& config);
 // cuda only: refuses (std::runtime_error with the estimate and what to change) when the
 // backend's planned memory would not fit in the GPU's free memory; config.precision resolved.
 void check_cuda_memory(const TrainConfig& config);
+// Throws when a fresh run (resume_from_checkpoint none, no overwrite_output_dir) would write into an
+// output_dir that already holds checkpoint-<step>.h5 files, saying how to resume or start anew.
+void refuse_earlier_runs_checkpoints(const TrainConfig& config);
 // A fresh replica of config.model (vocab_size already resolved) on config.device, sized by
 // backend_max_rows / backend_max_seq_len. `comm` must come from make_communicator(config.device).
 std::unique_ptr<Backend> make_backend(const TrainConfig& config, comm::Communicator& comm);

@@ -45,7 +45,7 @@ int run_eval(int argc, char** argv) {
   cl.command = "eval";
   cl.usage = "mpirun -np N llmqs-dist eval --checkpoint FILE.h5 --validation_file FILE [options]";
   cl.summary =
-      "Evaluates a checkpoint: eval_loss, eval_accuracy, eval_macro_f1 over every example of the\n"
+      "Evaluates a checkpoint: eval_loss, eval_accuracy, eval_macro_f1 and the confusion matrix over every example of the\n"
       "file (each counted once, whatever the number of ranks). The tokenizer settings stored in\n"
       "the checkpoint are used unless given here.";
   add_eval_options(cl.options, options);
@@ -81,12 +81,35 @@ int run_eval(int argc, char** argv) {
   json["eval_loss"] = metrics.loss;
   json["eval_accuracy"] = metrics.accuracy;
   json["eval_macro_f1"] = metrics.macro_f1;
+  const int k = metrics.num_labels;
+  nlohmann::json matrix = nlohmann::json::array();
+  for (int t = 0; t < k; ++t) {
+    nlohmann::json row = nlohmann::json::array();
+    for (int p = 0; p < k; ++p) row.push_back(metrics.confusion[static_cast<size_t>(t) * k + p]);
+    matrix.push_back(row);
+  }
+  json["confusion_matrix"] = matrix;  // [true class][predicted class]
   std::printf("eval: %lld examples | eval_loss %.4f | eval_accuracy %.4f | eval_macro_f1 %.4f\n",
               static_cast<long long>(metrics.examples), metrics.loss, metrics.accuracy, metrics.macro_f1);
+  // Classes are 0-based (the file's label minus label_offset: Yelp's 1-5 stars are classes 0-4).
+  std::printf("confusion matrix (rows: true class, columns: predicted class)\n%8s", "");
+  for (int p = 0; p < k; ++p) std::printf(" %7d", p);
+  std::printf(" %8s\n", "recall");
+  for (int t = 0; t < k; ++t) {
+    std::printf("%8d", t);
+    int64_t row_total = 0;
+    for (int p = 0; p < k; ++p) {
+      const int64_t n = metrics.confusion[static_cast<size_t>(t) * k + p];
+      row_total += n;
+      std::printf(" %7lld", static_cast<long long>(n));
+    }
+    const int64_t hits = metrics.confusion[static_cast<size_t>(t) * k + t];
+    std::printf(" %8.3f\n", row_total ? static_cast<double>(hits) / row_total : 0.0);
+  }
   if (!options.output.empty()) write_json_file(options.output, json.dump(2));
   return 0;
 }
 
-LLMQS_REGISTER_SUBCOMMAND("eval", "loss, accuracy and macro-F1 of a checkpoint on a dataset", 50, run_eval);
+LLMQS_REGISTER_SUBCOMMAND("eval", "loss, accuracy, macro-F1 and confusion matrix of a checkpoint on a dataset", 50, run_eval);
 
 }  // namespace llmqs::launch

@@ -87,6 +87,7 @@ void add_train_options(po::options_description& options, core::TrainConfig& c) {
       ("save_steps", bound(&c.save_steps), "write a checkpoint every N steps; 0 = only at the end")
       ("save_total_limit", bound(&c.save_total_limit), "keep at most N checkpoints; 0 = all")
       ("resume_from_checkpoint", bound(&c.resume_from_checkpoint), "none | auto (latest in output_dir) | a checkpoint file")
+      ("overwrite_output_dir", bound(&c.overwrite_output_dir), "start afresh even though output_dir holds checkpoints of an earlier run")
       ("init_from", bound(&c.init_from), "start from this checkpoint's weights (e.g. made by import-hf)")
       ("metric_for_best_model", bound(&c.metric_for_best_model), "\"\" | eval_loss | eval_accuracy | eval_macro_f1");
   po::options_description device("Device", 100);

@@ -71,3 +71,9 @@ foreach(config ${_configs})
            COMMAND $<TARGET_FILE:llmqs-dist> train --config ${config} --print-config)
   set_tests_properties(trainer_config_parses_${config_id} PROPERTIES PASS_REGULAR_EXPRESSION "learning_rate = ")
 endforeach()
+
+# The "checkpoint directory already exists" trap, and eval's confusion matrix.
+add_test(NAME trainer_output_dir_guard
+         COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/trainer/output_dir_guard.sh $<TARGET_FILE:llmqs-dist>
+                 ${CMAKE_CURRENT_BINARY_DIR}/trainer_output_dir_guard)
+set_tests_properties(trainer_output_dir_guard PROPERTIES TIMEOUT 300 ENVIRONMENT "OMP_NUM_THREADS=1")
