@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "comm/communicator.h"
+#include "core/trainer.h"
 #include "core/checkpoint.h"
 #include "core/predictor.h"
 #include "launch/options.h"
@@ -107,7 +108,8 @@ int run_predict(int argc, char** argv) {
   if (mpi.world_size() > 1)
     throw UsageError("predict: runs as one process; start it without mpirun (or with -np 1), not with " +
                      std::to_string(mpi.world_size()) + " ranks");
-  std::unique_ptr<comm::Communicator> comm = comm::make_mpi_communicator();
+  // The device's communicator (NCCL for cuda picks the GPU before the backend exists).
+  std::unique_ptr<comm::Communicator> comm = core::make_communicator(o.device);
 
   // Inputs first: a bad file is reported before the model is loaded.
   const bool from_file = vm.count("input") > 0;
