@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "comm/communicator.h"
+#include "tests/support/lone_communicator.h"
 #include "core/checkpoint.h"
 #include "core/cpu_backend.h"
 #include "core/trainer.h"
@@ -28,19 +29,7 @@ using namespace llmqs;
 
 namespace {
 
-class LoneCommunicator final : public comm::Communicator {
- public:
-  const char* name() const override { return "lone"; }
-  int rank() const override { return 0; }
-  int world_size() const override { return 1; }
-  int local_rank() const override { return 0; }
-  void all_reduce_sum(float*, size_t) override {}
-  void broadcast(void*, size_t, int) override {}
-  void all_reduce_sum_host(double*, size_t) override {}
-  void all_reduce_sum_host(int64_t*, size_t) override {}
-  void broadcast_host(void*, size_t, int) override {}
-  void barrier() override {}
-};
+using llmqs::test_support::LoneCommunicator;
 
 // The CPU backend, calling `during_backward(call)` inside each forward_backward (0-based count):
 // where a real signal lands, in the middle of a step.

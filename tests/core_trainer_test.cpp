@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "comm/communicator.h"
+#include "tests/support/lone_communicator.h"
 #include "core/checkpoint.h"
 #include "core/cpu_backend.h"
 #include "core/cuda_backend.h"
@@ -40,24 +41,7 @@ namespace {
 // A communicator of `world` ranks seen from `rank`, with nobody on the other end: reductions
 // leave the data as it is. world = 1 is an exact single-process run; world > 1 lets a test
 // look at what one rank computes on its own.
-class LoneCommunicator final : public comm::Communicator {
- public:
-  LoneCommunicator(int world = 1, int rank = 0) : world_(world), rank_(rank) {}
-  const char* name() const override { return "lone"; }
-  int rank() const override { return rank_; }
-  int world_size() const override { return world_; }
-  int local_rank() const override { return rank_; }
-  void all_reduce_sum(float*, size_t) override {}
-  void broadcast(void*, size_t, int) override {}
-  void all_reduce_sum_host(double*, size_t) override {}
-  void all_reduce_sum_host(int64_t*, size_t) override {}
-  void broadcast_host(void*, size_t, int) override {}
-  void barrier() override {}
-
- private:
-  int world_;
-  int rank_;
-};
+using llmqs::test_support::LoneCommunicator;
 
 // The CPU backend with hooks: after each forward_backward (the gradients of micro-batch `call`,
 // 0-based, in layout order, and its stats) and after each forward (evaluation batches).
