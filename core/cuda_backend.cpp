@@ -190,6 +190,9 @@ class CudaBackend final : public Backend {
                                   std::to_string(config_.max_position_embeddings));
     const bool fused_available = cu::flash_attention_supported(type_, config_.hidden_size, config_.num_attention_heads);
     plan_ = plan_device_memory(config_, max_rows, max_seq_len, precision_, fused_available);
+    if (plan_.fused_attention &&
+        plan_.attn_mask_bytes != cu::flash_attention_mask_words(max_rows, max_seq_len, config_.num_attention_heads) * 4)
+      throw std::logic_error("device memory plan: the attention dropout mask size disagrees with the kernel's layout");
     size_t free_bytes = 0, total_bytes = 0;
     CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
     check_device_memory_fits(config_, max_rows, max_seq_len, precision_, free_bytes, fused_available);
@@ -335,6 +338,7 @@ class CudaBackend final : public Backend {
   size_t bytes() const { return layout_.total_numel() * sizeof(float); }
   float* f32(size_t offset) const { return reinterpret_cast<float*>(arena_ + offset); }
   int32_t* i32(size_t offset) const { return reinterpret_cast<int32_t*>(arena_ + offset); }
+  uint32_t* u32(size_t offset) const { return reinterpret_cast<uint32_t*>(arena_ + offset); }
   void* act(size_t offset) const { return arena_ + offset; }
   float* params() const { return f32(plan_.params); }
   float* grads() const { return f32(plan_.grads); }
@@ -491,7 +495,8 @@ class CudaBackend final : public Backend {
       linear(x, lp.v_w, lp.v_b, act(a.v), N, C, C);
       profile_->mark("qkv_fwd");
       if (plan_.fused_attention)
-        cu::flash_attention_forward(act(a.ctx), f32(a.probs), act(a.q), act(a.k), act(a.v), lengths, type_, B, S, C, H,
+        cu::flash_attention_forward(act(a.ctx), f32(a.probs), u32(a.attn_mask), act(a.q), act(a.k), act(a.v), lengths,
+                                    type_, B, S, C, H,
                                     layer_site(l, kernels::LayerDropoutSite::kAttentionProbs, attn_p), stream_);
       else
         cu::attention_forward(act(a.ctx), act(a.probs), act(a.q), act(a.k), act(a.v), lengths, type_, B, S, C, H,
@@ -613,7 +618,8 @@ class CudaBackend final : public Backend {
       profile_->mark("o_bwd");
       if (plan_.fused_attention)
         cu::flash_attention_backward(act(plan_.d_q), act(plan_.d_k), act(plan_.d_v), act(plan_.d_ctx), act(a.ctx),
-                                     act(a.q), act(a.k), act(a.v), f32(a.probs), f32(plan_.att_scores),
+                                     act(a.q), act(a.k), act(a.v), f32(a.probs), u32(a.attn_mask),
+                                     f32(plan_.att_scores),
                                      i32(plan_.lengths), type_, B, S, C, H,
                                      layer_site(l, kernels::LayerDropoutSite::kAttentionProbs, attn_p), stream_);
       else

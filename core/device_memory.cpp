@@ -78,6 +78,10 @@ DeviceMemoryPlan plan_device_memory(const BertConfig& config, int max_rows, int 
   // Fused attention keeps only lse [B x H x S] per layer (in `probs`) and delta in `att_scores`.
   const size_t probs_bytes = plan.fused_attention ? B * H * S * 4 : scores * act;
   const size_t heads_copy = plan.fused_attention ? 0 : N * C * act;
+  // The fused attention's dropout keep bits: 2 words per 64-key tile per (row, head, query), the
+  // layout of kernels::cuda::flash_attention_mask_words (the backend checks the two agree).
+  const size_t mask_bytes = plan.fused_attention ? B * H * S * 2 * ((S + 63) / 64) * 4 : 0;
+  plan.attn_mask_bytes = mask_bytes;
 
   Planner p;
   plan.params = p.take(P * 4);
@@ -105,6 +109,7 @@ DeviceMemoryPlan plan_device_memory(const BertConfig& config, int max_rows, int 
     b.v = p.take(N * C * act);
     b.ctx = p.take(N * C * act);
     b.probs = p.take(probs_bytes);
+    b.attn_mask = p.take(mask_bytes);
     b.attn_sum = p.take(N * C * act);
     b.attn_mean = p.take(N * 4);
     b.attn_rstd = p.take(N * 4);

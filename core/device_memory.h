@@ -18,7 +18,8 @@ namespace llmqs::core {
 
 // Byte offsets into the arena of one encoder layer's saved activations.
 struct LayerDeviceBuffers {
-  size_t q, k, v, ctx, probs;                  // probs: [rows x heads x seq x seq]
+  size_t q, k, v, ctx, probs;                  // probs: [rows x heads x seq x seq] (fused: lse)
+  size_t attn_mask;                            // fused: the attention dropout keep bits (else 0 bytes)
   size_t attn_sum, attn_mean, attn_rstd, attn_out;
   size_t ffn_pre, ffn_act;                     // [tokens x intermediate]
   size_t ffn_sum, ffn_mean, ffn_rstd, out;     // out = this layer's output (next layer's input)
@@ -47,6 +48,7 @@ struct DeviceMemoryPlan {
   // bf16/fp16 with head_dim 32 or 64: kernels/flash_attention.cu (no seq x seq buffers);
   // otherwise the unfused kernels/attention.cu with its materialised scores.
   bool fused_attention = false;
+  size_t attn_mask_bytes = 0;  // per layer (LayerDeviceBuffers::attn_mask)
 
   size_t arena_bytes = 0;     // one cudaMalloc of this size
   size_t overhead_bytes = 0;  // CUDA context, cuBLASLt handle, NCCL buffers (an allowance)

@@ -6,20 +6,22 @@
 //   S_ij = c q_i.k_j;  P_ij = softmax_j(S_ij) over j < L_r;  keep_ij = Philox(site, element e_ij)
 //   e_ij = ((r * heads + h) * seq + i) * seq + j  (the CPU's indexing: identical masks)
 //   O_i = sum_j P_ij keep_ij / (1 - p) v_j
-// Nothing of size seq x seq touches memory: the forward keeps a running max and sum per query
-// (online softmax) and saves only lse_i = log2-domain log-sum-exp [rows x heads x seq] fp32.
-// Backward (P recomputed from lse, the mask from Philox):
+// Nothing of size seq x seq is stored except the dropout mask as bits (1/16 of bf16 probabilities):
+// the forward keeps a running max and sum per query (online softmax), saves lse_i (log2-domain
+// log-sum-exp, [rows x heads x seq] fp32) and, with dropout, draws each keep bit once (one Philox
+// call per four keys when seq % 4 == 0) into `mask`, which the backward reads instead of drawing
+// again. Backward (P recomputed from lse):
 //   Di = dO_i . O_i;  dPd_ij = dO_i . v_j;  dS_ij = P_ij (dPd_ij keep_ij / (1 - p) - Di)
 //   dV_j = sum_i P_ij keep_ij / (1 - p) dO_i;  dK_j = c sum_i dS_ij q_i;  dQ_i = c sum_j dS_ij k_j
 // dK/dV and dQ come from two kernels (one owns a key tile, one a query tile), so every output
 // element is summed by one thread in a fixed order: deterministic, no atomics, at the price of
-// computing S and P twice in the backward.
+// computing S and dPd twice in the backward.
 //
 // Layout: q, k, v, ctx, dq, dk, dv [rows x seq x C], head h in columns h*d .. h*d+d-1 (HF's);
 // tiles are read straight from it (row stride C), no head-major copies. lengths [rows] device.
-// Launch: one block of 4 warps per (64-row tile, row x head); each warp owns 16 rows of the tile;
-// key/query tiles of 64 stream through shared memory (rows padded by 8 elements: no bank
-// conflicts on the 32-bit fragment loads). Key tiles at or past L_r are skipped entirely.
+// Operands reach the tensor cores through ldmatrix (.trans for the k-major ones: V in P V, dO and Q
+// in the backward's second products); streamed tiles are double-buffered with cp.async (sm_80+).
+// Key tiles at or past L_r are skipped entirely.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -30,8 +32,9 @@ namespace llmqs::kernels::cuda {
 
 namespace {
 
-constexpr int kTile = 64;     // queries (or keys) per block, and per streamed tile
-constexpr int kWarps = 4;     // 16 rows each
+constexpr int kTile = 64;     // keys (or queries) per streamed tile
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
 constexpr float kLog2e = 1.4426950408889634f;
 
 template <typename T>
@@ -50,12 +53,6 @@ struct Pack2<__half> {
     return *reinterpret_cast<uint32_t*>(&v);
   }
 };
-
-template <typename T>
-__device__ __forceinline__ uint32_t pack_pair(T lo, T hi) {
-  const uint16_t a = *reinterpret_cast<const uint16_t*>(&lo), b = *reinterpret_cast<const uint16_t*>(&hi);
-  return uint32_t(a) | (uint32_t(b) << 16);
-}
 
 // D(16x8 fp32) += A(16x16) B(16x8). Fragments (lane = 4 * g + t):
 //   a[0] = A[g][2t..2t+1], a[1] = A[g+8][2t..], a[2] = A[g][2t+8..], a[3] = A[g+8][2t+8..]
@@ -100,53 +97,92 @@ __device__ __forceinline__ void mma16816<__half>(float d[4], const uint32_t a[4]
 #endif
 }
 
-// Shared-memory tile of kTile rows x D, row stride D + 8 elements.
+// ---- shared memory, ldmatrix, cp.async ---------------------------------------------------------
+// A tile is kTile rows x D of one head (a [seq x C]-strided slice), stored with a row stride of
+// D + 8 elements: 16-byte rows of eight consecutive rows start 4 banks apart, so every ldmatrix
+// phase (8 rows x 16 bytes) is conflict-free.
 template <int D>
-struct TileLayout {
+struct Tile {
   static constexpr int kStride = D + 8;
   static constexpr int kElements = kTile * kStride;
 };
 
-// Copies rows [row0, row0 + kTile) of a [seq x C]-strided head slice into a tile (zeros past seq).
-template <typename T, int D>
-__device__ __forceinline__ void load_tile(T* tile, const T* src, int row0, int seq, int C) {
-  constexpr int kVecPerRow = D * int(sizeof(T)) / 16;  // 16-byte vectors
-  for (int v = threadIdx.x; v < kTile * kVecPerRow; v += kWarps * 32) {
-    const int row = v / kVecPerRow, col = (v % kVecPerRow) * (16 / int(sizeof(T)));
-    uint4 value = make_uint4(0, 0, 0, 0);
-    if (row0 + row < seq) value = *reinterpret_cast<const uint4*>(src + size_t(row0 + row) * C + col);
-    *reinterpret_cast<uint4*>(tile + row * TileLayout<D>::kStride + col) = value;
+__device__ __forceinline__ uint32_t smem_address(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// Four 8x8 b16 matrices; lane l gives the address of row l % 8 of matrix l / 8 and receives, of
+// matrix i, row l / 4 elements 2 (l % 4), +1 in r[i] (.trans: column l / 4 rows 2 (l % 4), +1).
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_address(p)));
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_address(p)));
+}
+
+// Asynchronous global -> shared copies on sm_80+ (zero-filled when !in); plain copies on sm_75,
+// where the wait functions are no-ops. `src` must be a valid address even when !in.
+template <int kBytes>
+__device__ __forceinline__ void copy_async(void* dst, const void* src, bool in) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if constexpr (kBytes == 16)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(dst)), "l"(src),
+                 "r"(in ? 16 : 0));
+  else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(smem_address(dst)), "l"(src), "n"(kBytes),
+                 "r"(in ? kBytes : 0));
+#else
+  if constexpr (kBytes == 16) *static_cast<uint4*>(dst) = in ? *static_cast<const uint4*>(src) : make_uint4(0, 0, 0, 0);
+  else if constexpr (kBytes == 8) *static_cast<uint2*>(dst) = in ? *static_cast<const uint2*>(src) : make_uint2(0, 0);
+  else *static_cast<uint32_t*>(dst) = in ? *static_cast<const uint32_t*>(src) : 0u;
+#endif
+}
+__device__ __forceinline__ void copy_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+template <int kPending>
+__device__ __forceinline__ void copy_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+#endif
+}
+
+// Rows [row0, row0 + kRows) of a head slice (row stride C) into a tile; rows at or past `limit`
+// are zeros (finite: a masked probability times a padding row must stay 0).
+template <typename T, int D, int kRows>
+__device__ __forceinline__ void load_rows(T* tile, const T* src, int row0, int limit, int C) {
+  constexpr int kChunks = D * int(sizeof(T)) / 16;
+  for (int c = threadIdx.x; c < kRows * kChunks; c += kThreads) {
+    const int row = c / kChunks, col = (c % kChunks) * (16 / int(sizeof(T)));
+    const bool in = row0 + row < limit;
+    copy_async<16>(tile + row * Tile<D>::kStride + col, src + size_t(in ? row0 + row : 0) * C + col, in);
   }
 }
 
-// A fragment of rows [r0, r0 + 16) x columns [k0, k0 + 16) of a row-major tile.
-template <typename T, int D>
-__device__ __forceinline__ void load_a(uint32_t a[4], const T* tile, int r0, int k0, int lane) {
-  const int g = lane >> 2, t = lane & 3;
-  const T* p = tile + (r0 + g) * TileLayout<D>::kStride + k0 + 2 * t;
-  a[0] = *reinterpret_cast<const uint32_t*>(p);
-  a[1] = *reinterpret_cast<const uint32_t*>(p + 8 * TileLayout<D>::kStride);
-  a[2] = *reinterpret_cast<const uint32_t*>(p + 8);
-  a[3] = *reinterpret_cast<const uint32_t*>(p + 8 * TileLayout<D>::kStride + 8);
+// A fragments (16 x 16 at row r0, column k0) of a row-major tile.
+template <int D, typename T>
+__device__ __forceinline__ void load_a(uint32_t (&a)[4], const T* tile, int r0, int k0, int lane) {
+  ldsm_x4(a, tile + (r0 + (lane & 15)) * Tile<D>::kStride + k0 + (lane >> 4) * 8);
 }
 
-// B fragment with B[k][n] = tile[n0 + n][k0 + k] (the tile's rows are B's columns: K for Q K^T).
-template <typename T, int D>
-__device__ __forceinline__ void load_b_rows(uint32_t b[2], const T* tile, int n0, int k0, int lane) {
-  const int g = lane >> 2, t = lane & 3;
-  const T* p = tile + (n0 + g) * TileLayout<D>::kStride + k0 + 2 * t;
-  b[0] = *reinterpret_cast<const uint32_t*>(p);
-  b[1] = *reinterpret_cast<const uint32_t*>(p + 8);
+// B fragments of two consecutive k-steps (k0 .. k0 + 31) for n-block n0 .. n0 + 7, where the tile's
+// rows are B's columns (B[k][n] = tile[n0 + n][k0 + k]: K in Q K^T): b[0..1] step 0, b[2..3] step 1.
+template <int D, typename T>
+__device__ __forceinline__ void load_b_rows(uint32_t (&b)[4], const T* tile, int n0, int k0, int lane) {
+  ldsm_x4(b, tile + (n0 + (lane & 7)) * Tile<D>::kStride + k0 + (lane >> 3) * 8);
 }
 
-// B fragment with B[k][n] = tile[k0 + k][n0 + n] (the tile's rows are B's rows: V for P V).
-template <typename T, int D>
-__device__ __forceinline__ void load_b_cols(uint32_t b[2], const T* tile, int k0, int n0, int lane) {
-  const int g = lane >> 2, t = lane & 3;
-  constexpr int s = TileLayout<D>::kStride;
-  const T* p = tile + (k0 + 2 * t) * s + n0 + g;
-  b[0] = pack_pair(p[0], p[s]);
-  b[1] = pack_pair(p[8 * s], p[9 * s]);
+// B fragments of n-blocks n0 and n0 + 8 for the k-step k0 .. k0 + 15, where the tile's rows are B's
+// rows (B[k][n] = tile[k0 + k][n0 + n]: V in P V): b[0..1] n-block n0, b[2..3] n-block n0 + 8.
+template <int D, typename T>
+__device__ __forceinline__ void load_b_cols(uint32_t (&b)[4], const T* tile, int k0, int n0, int lane) {
+  ldsm_x4_trans(b, tile + (k0 + (lane & 15)) * Tile<D>::kStride + n0 + (lane >> 4) * 8);
 }
 
 // The accumulators of two adjacent 16x8 column blocks (2kk, 2kk+1) as the A fragment of
@@ -159,123 +195,221 @@ __device__ __forceinline__ void acc_to_a(uint32_t a[4], const float lo[4], const
   a[3] = Pack2<T>::pack(hi[2], hi[3]);
 }
 
-__device__ __forceinline__ uint32_t philox_word(const Philox4x32& w, int k) {
-  return k == 0 ? w.v[0] : k == 1 ? w.v[1] : k == 2 ? w.v[2] : w.v[3];
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+__device__ __forceinline__ uint32_t quad_or(uint32_t x) {
+  x |= __shfl_xor_sync(0xffffffffu, x, 1);
+  return x | __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
-// keep / (1 - p) for the two consecutive elements (e, e + 1). With an even seq, e is even and one
-// Philox call serves both; with an odd seq, e can be odd and e + 1 can start the next group of 4.
-__device__ __forceinline__ void keep_pair(const DropoutSite& site, uint64_t e, float scale, float out[2]) {
-  if (site.p <= 0.0f) {
-    out[0] = out[1] = 1.0f;
-    return;
+// ---- the dropout mask ---------------------------------------------------------------------------
+// Bit j % 32 of word mask[(bh * seq + i) * words_per_row + j / 32] is keep(i, j) (j < seq), drawn
+// by the forward, read by the backward. words_per_row = 2 ceil(seq / 64): a 64-key tile of a query
+// is one aligned 8-byte pair.
+__host__ __device__ __forceinline__ int mask_words_per_row(int seq) { return 2 * ((seq + kTile - 1) / kTile); }
+
+// keep bits of query row `i` for keys j0 .. j0 + 63 as (lo, hi), the same in all four lanes of the
+// quad. With seq % 4 == 0 every group of four keys from a multiple of 4 is one Philox call, so the
+// quad's 16 calls (4 per lane) cover the row; otherwise each lane draws its own 16 elements.
+__device__ __forceinline__ uint2 draw_keep_bits(const DropoutSite& site, int bh, int seq, int i, int j0, int t) {
+  uint32_t lo = 0, hi = 0;
+  const uint64_t e0 = (uint64_t(bh) * seq + i) * seq + j0;
+  if ((seq & 3) == 0) {
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const int group = t + 4 * u;  // keys j0 + 4 group .. + 3
+      const Philox4x32 w = dropout_words(site, (e0 >> 2) + group);
+      uint32_t bits = 0;
+#pragma unroll
+      for (int c = 0; c < 4; ++c) bits |= uint32_t(uniform_from_word(w.v[c]) >= site.p) << c;
+      if (group < 8) lo |= bits << (4 * group);
+      else hi |= bits << (4 * group - 32);
+    }
+  } else {
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+#pragma unroll
+      for (int y = 0; y < 2; ++y) {
+        const int col = 8 * n + 2 * t + y;
+        if (j0 + col >= seq) continue;
+        const uint32_t bit = dropout_uniform(site, e0 + col) >= site.p;
+        if (n < 4) lo |= bit << col;
+        else hi |= bit << (col - 32);
+      }
   }
-  const Philox4x32 w = dropout_words(site, e >> 2);
-  const int k = int(e & 3);
-  out[0] = uniform_from_word(philox_word(w, k)) >= site.p ? scale : 0.0f;
-  const uint32_t next = k < 3 ? philox_word(w, k + 1) : dropout_words(site, (e >> 2) + 1).v[0];
-  out[1] = uniform_from_word(next) >= site.p ? scale : 0.0f;
+  return make_uint2(quad_or(lo), quad_or(hi));
 }
 
-__device__ __forceinline__ float keep_one(const DropoutSite& site, uint64_t e, float scale) {
-  return site.p <= 0.0f ? 1.0f : (dropout_uniform(site, e) >= site.p ? scale : 0.0f);
+__device__ __forceinline__ float keep_value(uint2 bits, int col, float keep_scale) {
+  const uint32_t word = col < 32 ? bits.x : bits.y;
+  return (word >> (col & 31)) & 1u ? keep_scale : 0.0f;
 }
 
 // ---- forward ----------------------------------------------------------------------------------
+// One block of 4 warps per (128 queries, row x head); warp w owns queries 32 w .. 32 w + 31 as two
+// 16-row MMA tiles (each K/V fragment read from shared memory feeds two products). K/V tiles of 64
+// keys are double-buffered with cp.async; key tiles at or past the row's length are skipped.
+constexpr int kForwardQueries = 128;
+
 template <typename T, int D>
-__global__ void __launch_bounds__(kWarps * 32) flash_forward_kernel(T* ctx, float* lse, const T* q, const T* k,
-                                                                     const T* v, const int32_t* lengths, int seq,
-                                                                     int C, int heads, DropoutSite site) {
-  __shared__ __align__(16) T q_tile[TileLayout<D>::kElements];
-  __shared__ __align__(16) T k_tile[TileLayout<D>::kElements];
-  __shared__ __align__(16) T v_tile[TileLayout<D>::kElements];
+__global__ void __launch_bounds__(kThreads) flash_forward_kernel(T* ctx, float* lse, uint32_t* mask, const T* q,
+                                                                 const T* k, const T* v, const int32_t* lengths,
+                                                                 int seq, int C, int heads, DropoutSite site) {
+  // [stage][K, V]; the 128-row Q tile uses the same space before the first K/V load.
+  __shared__ __align__(128) T smem[4 * Tile<D>::kElements];
   const int bh = blockIdx.y, r = bh / heads, h = bh % heads;
-  const int i0 = blockIdx.x * kTile;
+  const int q0 = blockIdx.x * kForwardQueries;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int len = lengths[r];
   const size_t head_offset = size_t(r) * seq * C + size_t(h) * D;
   const float scale2 = rsqrtf(float(D)) * kLog2e;  // scores in the log2 domain
+  const bool dropout = site.p > 0.0f;
   const float keep_scale = 1.0f / (1.0f - site.p);
+  const int words = mask_words_per_row(seq);
 
-  load_tile<T, D>(q_tile, q + head_offset, i0, seq, C);
+  load_rows<T, D, kForwardQueries>(smem, q + head_offset, q0, seq, C);
+  copy_async_commit();
+  copy_async_wait<0>();
   __syncthreads();
-  uint32_t qa[D / 16][4];
-  for (int kk = 0; kk < D / 16; ++kk) load_a<T, D>(qa[kk], q_tile, warp * 16, kk * 16, lane);
+  uint32_t qa[2][D / 16][4];
+#pragma unroll
+  for (int m = 0; m < 2; ++m)
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) load_a<D>(qa[m][kk], smem, warp * 32 + m * 16, kk * 16, lane);
+  __syncthreads();
 
-  float o[D / 8][4];
-  for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
-  const int qi[2] = {i0 + warp * 16 + g, i0 + warp * 16 + g + 8};
+  auto load_kv = [&](int tile, int stage) {
+    load_rows<T, D, kTile>(smem + (2 * stage) * Tile<D>::kElements, k + head_offset, tile * kTile, seq, C);
+    load_rows<T, D, kTile>(smem + (2 * stage + 1) * Tile<D>::kElements, v + head_offset, tile * kTile, seq, C);
+    copy_async_commit();
+  };
 
-  for (int j0 = 0; j0 < len; j0 += kTile) {
+  float o[2][D / 8][4];
+  float row_max[2][2], row_sum[2][2];
+#pragma unroll
+  for (int m = 0; m < 2; ++m) {
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) o[m][n][0] = o[m][n][1] = o[m][n][2] = o[m][n][3] = 0.0f;
+    row_max[m][0] = row_max[m][1] = -INFINITY;
+    row_sum[m][0] = row_sum[m][1] = 0.0f;
+  }
+
+  const int tiles = (len + kTile - 1) / kTile;
+  if (tiles > 0) load_kv(0, 0);
+  for (int jt = 0; jt < tiles; ++jt) {
+    const int stage = jt & 1, j0 = jt * kTile;
+    if (jt + 1 < tiles) {
+      load_kv(jt + 1, stage ^ 1);
+      copy_async_wait<1>();
+    } else {
+      copy_async_wait<0>();
+    }
     __syncthreads();
-    load_tile<T, D>(k_tile, k + head_offset, j0, seq, C);
-    load_tile<T, D>(v_tile, v + head_offset, j0, seq, C);
-    __syncthreads();
-    float s[kTile / 8][4];
-    for (int n = 0; n < kTile / 8; ++n) {
-      s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-      for (int kk = 0; kk < D / 16; ++kk) {
-        uint32_t b[2];
-        load_b_rows<T, D>(b, k_tile, n * 8, kk * 16, lane);
-        mma16816<T>(s[n], qa[kk], b);
+    const T* k_tile = smem + (2 * stage) * Tile<D>::kElements;
+    const T* v_tile = smem + (2 * stage + 1) * Tile<D>::kElements;
+
+    float s[2][kTile / 8][4];
+#pragma unroll
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+      for (int n = 0; n < kTile / 8; ++n) s[m][n][0] = s[m][n][1] = s[m][n][2] = s[m][n][3] = 0.0f;
+#pragma unroll
+    for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
+      for (int kq = 0; kq < D / 32; ++kq) {
+        uint32_t b[4];
+        load_b_rows<D>(b, k_tile, n * 8, kq * 32, lane);
+#pragma unroll
+        for (int m = 0; m < 2; ++m) {
+          mma16816<T>(s[m][n], qa[m][2 * kq], b);
+          mma16816<T>(s[m][n], qa[m][2 * kq + 1], b + 2);
+        }
       }
-    }
-    float tile_max[2] = {-INFINITY, -INFINITY};
-    for (int n = 0; n < kTile / 8; ++n) {
-      const int j = j0 + n * 8 + 2 * t;
-      for (int e = 0; e < 4; ++e) {
-        const bool valid = j + (e & 1) < len;
-        s[n][e] = valid ? s[n][e] * scale2 : -INFINITY;
-        tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[n][e]);
-      }
-    }
-    float correction[2];
-    for (int x = 0; x < 2; ++x) {
-      tile_max[x] = fmaxf(tile_max[x], __shfl_xor_sync(0xffffffffu, tile_max[x], 1));
-      tile_max[x] = fmaxf(tile_max[x], __shfl_xor_sync(0xffffffffu, tile_max[x], 2));
-      const float new_max = fmaxf(row_max[x], tile_max[x]);  // finite: key 0 is always valid
-      correction[x] = exp2f(row_max[x] - new_max);
-      row_max[x] = new_max;
-      row_sum[x] *= correction[x];
-    }
-    for (int n = 0; n < D / 8; ++n) {
-      o[n][0] *= correction[0], o[n][1] *= correction[0];
-      o[n][2] *= correction[1], o[n][3] *= correction[1];
-    }
-    for (int n = 0; n < kTile / 8; ++n) {
-      const int j = j0 + n * 8 + 2 * t;
+
+#pragma unroll
+    for (int m = 0; m < 2; ++m) {
+      float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const bool valid = j0 + n * 8 + 2 * t + (e & 1) < len;
+          s[m][n][e] = valid ? s[m][n][e] * scale2 : -INFINITY;
+          tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[m][n][e]);
+        }
+      float correction[2];
+#pragma unroll
       for (int x = 0; x < 2; ++x) {
-        const float p0 = exp2f(s[n][2 * x] - row_max[x]), p1 = exp2f(s[n][2 * x + 1] - row_max[x]);
-        row_sum[x] += p0 + p1;
-        float keep[2] = {1.0f, 1.0f};
-        if (qi[x] < seq && j < len) keep_pair(site, (size_t(bh) * seq + qi[x]) * seq + j, keep_scale, keep);
-        s[n][2 * x] = p0 * keep[0];
-        s[n][2 * x + 1] = p1 * keep[1];
+        const float new_max = fmaxf(row_max[m][x], quad_max(tile_max[x]));  // finite: key j0 is valid
+        correction[x] = exp2f(row_max[m][x] - new_max);
+        row_max[m][x] = new_max;
+        row_sum[m][x] *= correction[x];
       }
-    }
-    for (int kk = 0; kk < kTile / 16; ++kk) {
-      uint32_t pa[4];
-      acc_to_a<T>(pa, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
       for (int n = 0; n < D / 8; ++n) {
-        uint32_t b[2];
-        load_b_cols<T, D>(b, v_tile, kk * 16, n * 8, lane);
-        mma16816<T>(o[n], pa, b);
+        o[m][n][0] *= correction[0], o[m][n][1] *= correction[0];
+        o[m][n][2] *= correction[1], o[m][n][3] *= correction[1];
+      }
+      uint2 keep[2] = {make_uint2(~0u, ~0u), make_uint2(~0u, ~0u)};
+      if (dropout) {
+#pragma unroll
+        for (int x = 0; x < 2; ++x) {
+          const int i = q0 + warp * 32 + m * 16 + g + 8 * x;
+          // Every lane calls (quad shuffles inside); rows past seq draw bits nobody reads.
+          keep[x] = draw_keep_bits(site, bh, seq, i, j0, t);
+          if (t == 2 * m + x && i < seq) *reinterpret_cast<uint2*>(mask + (size_t(bh) * seq + i) * words + 2 * jt) = keep[x];
+        }
+      }
+#pragma unroll
+      for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int x = e >> 1;
+          const float p = exp2f(s[m][n][e] - row_max[m][x]);
+          row_sum[m][x] += p;
+          s[m][n][e] = dropout ? p * keep_value(keep[x], n * 8 + 2 * t + (e & 1), keep_scale) : p;
+        }
+    }
+
+#pragma unroll
+    for (int kk = 0; kk < kTile / 16; ++kk) {
+      uint32_t pa[2][4];
+#pragma unroll
+      for (int m = 0; m < 2; ++m) acc_to_a<T>(pa[m], s[m][2 * kk], s[m][2 * kk + 1]);
+#pragma unroll
+      for (int dn = 0; dn < D / 16; ++dn) {
+        uint32_t b[4];
+        load_b_cols<D>(b, v_tile, kk * 16, dn * 16, lane);
+#pragma unroll
+        for (int m = 0; m < 2; ++m) {
+          mma16816<T>(o[m][2 * dn], pa[m], b);
+          mma16816<T>(o[m][2 * dn + 1], pa[m], b + 2);
+        }
       }
     }
+    __syncthreads();  // the next iteration's prefetch overwrites this stage
   }
-  for (int x = 0; x < 2; ++x) {
-    row_sum[x] += __shfl_xor_sync(0xffffffffu, row_sum[x], 1);
-    row_sum[x] += __shfl_xor_sync(0xffffffffu, row_sum[x], 2);
-  }
-  for (int x = 0; x < 2; ++x) {
-    if (qi[x] >= seq) continue;
-    const float inv = 1.0f / row_sum[x];
-    T* out = ctx + head_offset + size_t(qi[x]) * C;
-    for (int n = 0; n < D / 8; ++n)
-      *reinterpret_cast<uint32_t*>(out + n * 8 + 2 * t) = Pack2<T>::pack(o[n][2 * x] * inv, o[n][2 * x + 1] * inv);
-    if (t == 0) lse[size_t(bh) * seq + qi[x]] = row_max[x] + log2f(row_sum[x]);
-  }
+
+#pragma unroll
+  for (int m = 0; m < 2; ++m)
+#pragma unroll
+    for (int x = 0; x < 2; ++x) {
+      const int i = q0 + warp * 32 + m * 16 + g + 8 * x;
+      const float sum = quad_sum(row_sum[m][x]);
+      if (i >= seq) continue;
+      const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+      T* out = ctx + head_offset + size_t(i) * C;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n)
+        *reinterpret_cast<uint32_t*>(out + n * 8 + 2 * t) = Pack2<T>::pack(o[m][n][2 * x] * inv, o[m][n][2 * x + 1] * inv);
+      if (t == 0) lse[size_t(bh) * seq + i] = row_max[m][x] + log2f(sum);
+    }
 }
 
 // ---- backward -----------------------------------------------------------------------------------
@@ -297,87 +431,135 @@ __global__ void flash_backward_delta_kernel(float* delta, const T* dctx, const T
   if (lane == 0) delta[(r * heads + h) * seq + i] = sum;
 }
 
-// dK, dV for one key tile: the warp owns keys j0 + 16 warp .. +16 and streams every query tile.
+// dK, dV for one tile of 64 keys: warp w owns keys j0 + 16 w .. + 15 (K and V rows in registers as
+// A fragments) and streams every query tile (Q, dO, lse, delta and the mask block double-buffered).
 // Works on transposed scores S^T (keys x queries) so dV = Pd^T dO and dK = dS^T Q reuse registers.
 template <typename T, int D>
-__global__ void __launch_bounds__(kWarps * 32) flash_backward_kv_kernel(
+__global__ void __launch_bounds__(kThreads) flash_backward_kv_kernel(
     T* dk, T* dv, const T* q, const T* k, const T* v, const T* dctx, const float* lse, const float* delta,
-    const int32_t* lengths, int seq, int C, int heads, DropoutSite site) {
-  __shared__ __align__(16) T q_tile[TileLayout<D>::kElements];
-  __shared__ __align__(16) T do_tile[TileLayout<D>::kElements];
-  __shared__ float lse_tile[kTile], delta_tile[kTile];
+    const uint32_t* mask, const int32_t* lengths, int seq, int C, int heads, DropoutSite site) {
+  __shared__ __align__(128) T smem[4 * Tile<D>::kElements];  // [stage][Q, dO]
+  __shared__ float lse_s[2][kTile], delta_s[2][kTile];
+  __shared__ uint2 mask_s[2][kTile];
   const int bh = blockIdx.y, r = bh / heads, h = bh % heads;
   const int j0 = blockIdx.x * kTile;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int len = lengths[r];
   const size_t head_offset = size_t(r) * seq * C + size_t(h) * D;
   const float scale = rsqrtf(float(D)), scale2 = scale * kLog2e;
+  const bool dropout = site.p > 0.0f;
   const float keep_scale = 1.0f / (1.0f - site.p);
+  const int words = mask_words_per_row(seq);
   const int kj[2] = {j0 + warp * 16 + g, j0 + warp * 16 + g + 8};
 
   float dk_acc[D / 8][4], dv_acc[D / 8][4];
+#pragma unroll
   for (int n = 0; n < D / 8; ++n)
+#pragma unroll
     for (int e = 0; e < 4; ++e) dk_acc[n][e] = dv_acc[n][e] = 0.0f;
 
   if (j0 < len) {  // key tiles past the length get zero gradients
-    // K and V rows of this warp as A fragments (staged through the q/do tiles).
     uint32_t ka[D / 16][4], va[D / 16][4];
-    load_tile<T, D>(q_tile, k + head_offset, j0, seq, C);
-    load_tile<T, D>(do_tile, v + head_offset, j0, seq, C);
+    load_rows<T, D, kTile>(smem, k + head_offset, j0, seq, C);
+    load_rows<T, D, kTile>(smem + Tile<D>::kElements, v + head_offset, j0, seq, C);
+    copy_async_commit();
+    copy_async_wait<0>();
     __syncthreads();
+#pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      load_a<T, D>(ka[kk], q_tile, warp * 16, kk * 16, lane);
-      load_a<T, D>(va[kk], do_tile, warp * 16, kk * 16, lane);
+      load_a<D>(ka[kk], smem, warp * 16, kk * 16, lane);
+      load_a<D>(va[kk], smem + Tile<D>::kElements, warp * 16, kk * 16, lane);
     }
-    for (int i0 = 0; i0 < seq; i0 += kTile) {
-      __syncthreads();
-      load_tile<T, D>(q_tile, q + head_offset, i0, seq, C);
-      load_tile<T, D>(do_tile, dctx + head_offset, i0, seq, C);
-      for (int x = threadIdx.x; x < kTile; x += kWarps * 32) {
-        const bool in = i0 + x < seq;
-        lse_tile[x] = in ? lse[size_t(bh) * seq + i0 + x] : 0.0f;
-        delta_tile[x] = in ? delta[size_t(bh) * seq + i0 + x] : 0.0f;
+    __syncthreads();
+
+    auto load_queries = [&](int tile, int stage) {
+      const int i0 = tile * kTile;
+      load_rows<T, D, kTile>(smem + (2 * stage) * Tile<D>::kElements, q + head_offset, i0, seq, C);
+      load_rows<T, D, kTile>(smem + (2 * stage + 1) * Tile<D>::kElements, dctx + head_offset, i0, seq, C);
+      const int x = threadIdx.x & (kTile - 1);
+      const bool in = i0 + x < seq;
+      const size_t row = size_t(bh) * seq + (in ? i0 + x : 0);
+      if (threadIdx.x < kTile) {
+        copy_async<4>(&lse_s[stage][x], lse + row, in);
+        if (dropout) copy_async<8>(&mask_s[stage][x], mask + row * words + 2 * (j0 / kTile), in);
+      } else {
+        copy_async<4>(&delta_s[stage][x], delta + row, in);
+      }
+      copy_async_commit();
+    };
+
+    const int tiles = (seq + kTile - 1) / kTile;
+    load_queries(0, 0);
+    for (int it = 0; it < tiles; ++it) {
+      const int stage = it & 1, i0 = it * kTile;
+      if (it + 1 < tiles) {
+        load_queries(it + 1, stage ^ 1);
+        copy_async_wait<1>();
+      } else {
+        copy_async_wait<0>();
       }
       __syncthreads();
+      const T* q_tile = smem + (2 * stage) * Tile<D>::kElements;
+      const T* do_tile = smem + (2 * stage + 1) * Tile<D>::kElements;
+
       float p[kTile / 8][4], dp[kTile / 8][4];
-      for (int n = 0; n < kTile / 8; ++n) {
+#pragma unroll
+      for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
         for (int e = 0; e < 4; ++e) p[n][e] = dp[n][e] = 0.0f;
-        for (int kk = 0; kk < D / 16; ++kk) {
-          uint32_t b[2];
-          load_b_rows<T, D>(b, q_tile, n * 8, kk * 16, lane);
-          mma16816<T>(p[n], ka[kk], b);
-          load_b_rows<T, D>(b, do_tile, n * 8, kk * 16, lane);
-          mma16816<T>(dp[n], va[kk], b);
+#pragma unroll
+      for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
+        for (int kq = 0; kq < D / 32; ++kq) {
+          uint32_t b[4];
+          load_b_rows<D>(b, q_tile, n * 8, kq * 32, lane);
+          mma16816<T>(p[n], ka[2 * kq], b);
+          mma16816<T>(p[n], ka[2 * kq + 1], b + 2);
+          load_b_rows<D>(b, do_tile, n * 8, kq * 32, lane);
+          mma16816<T>(dp[n], va[2 * kq], b);
+          mma16816<T>(dp[n], va[2 * kq + 1], b + 2);
         }
-      }
-      // p -> P^T, dp -> dS^T; p afterwards holds the dropped probabilities Pd^T.
-      for (int n = 0; n < kTile / 8; ++n) {
+      // p -> Pd^T (dropped probabilities), dp -> dS^T.
+#pragma unroll
+      for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int qi = i0 + n * 8 + 2 * t + (e & 1), key = kj[e >> 1];
-          const bool valid = qi < seq && key < len;
-          const float prob = valid ? exp2f(p[n][e] * scale2 - lse_tile[qi - i0]) : 0.0f;
-          const float keep = valid ? keep_one(site, (size_t(bh) * seq + qi) * seq + key, keep_scale) : 0.0f;
-          dp[n][e] = prob * (dp[n][e] * keep - delta_tile[qi - i0]);
+          const int col = n * 8 + 2 * t + (e & 1), key = kj[e >> 1];
+          const bool valid = i0 + col < seq && key < len;
+          const float prob = valid ? exp2f(p[n][e] * scale2 - lse_s[stage][col]) : 0.0f;
+          float keep = 1.0f;
+          if (dropout) {
+            const uint2 w = mask_s[stage][col];
+            const int bit = key - j0;
+            keep = ((bit < 32 ? w.x : w.y) >> (bit & 31)) & 1u ? keep_scale : 0.0f;
+          }
+          dp[n][e] = prob * (dp[n][e] * keep - delta_s[stage][col]);
           p[n][e] = prob * keep;
         }
-      }
+#pragma unroll
       for (int kk = 0; kk < kTile / 16; ++kk) {
         uint32_t pa[4], sa[4];
         acc_to_a<T>(pa, p[2 * kk], p[2 * kk + 1]);
         acc_to_a<T>(sa, dp[2 * kk], dp[2 * kk + 1]);
-        for (int n = 0; n < D / 8; ++n) {
-          uint32_t b[2];
-          load_b_cols<T, D>(b, do_tile, kk * 16, n * 8, lane);
-          mma16816<T>(dv_acc[n], pa, b);
-          load_b_cols<T, D>(b, q_tile, kk * 16, n * 8, lane);
-          mma16816<T>(dk_acc[n], sa, b);
+#pragma unroll
+        for (int dn = 0; dn < D / 16; ++dn) {
+          uint32_t b[4];
+          load_b_cols<D>(b, do_tile, kk * 16, dn * 16, lane);
+          mma16816<T>(dv_acc[2 * dn], pa, b);
+          mma16816<T>(dv_acc[2 * dn + 1], pa, b + 2);
+          load_b_cols<D>(b, q_tile, kk * 16, dn * 16, lane);
+          mma16816<T>(dk_acc[2 * dn], sa, b);
+          mma16816<T>(dk_acc[2 * dn + 1], sa, b + 2);
         }
       }
+      __syncthreads();
     }
   }
+#pragma unroll
   for (int x = 0; x < 2; ++x) {
     if (kj[x] >= seq) continue;
     const size_t row = head_offset + size_t(kj[x]) * C;
+#pragma unroll
     for (int n = 0; n < D / 8; ++n) {
       *reinterpret_cast<uint32_t*>(dk + row + n * 8 + 2 * t) =
           Pack2<T>::pack(dk_acc[n][2 * x] * scale, dk_acc[n][2 * x + 1] * scale);
@@ -386,80 +568,118 @@ __global__ void __launch_bounds__(kWarps * 32) flash_backward_kv_kernel(
   }
 }
 
-// dQ for one query tile: the warp owns 16 queries and streams the key tiles below the length.
+// dQ for one tile of 64 queries: warp w owns queries i0 + 16 w .. + 15 (Q and dO rows in registers)
+// and streams the key tiles below the length (K and V double-buffered).
 template <typename T, int D>
-__global__ void __launch_bounds__(kWarps * 32) flash_backward_q_kernel(
+__global__ void __launch_bounds__(kThreads) flash_backward_q_kernel(
     T* dq, const T* q, const T* k, const T* v, const T* dctx, const float* lse, const float* delta,
-    const int32_t* lengths, int seq, int C, int heads, DropoutSite site) {
-  __shared__ __align__(16) T k_tile[TileLayout<D>::kElements];
-  __shared__ __align__(16) T v_tile[TileLayout<D>::kElements];
+    const uint32_t* mask, const int32_t* lengths, int seq, int C, int heads, DropoutSite site) {
+  __shared__ __align__(128) T smem[4 * Tile<D>::kElements];  // [stage][K, V]
   const int bh = blockIdx.y, r = bh / heads, h = bh % heads;
   const int i0 = blockIdx.x * kTile;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int len = lengths[r];
   const size_t head_offset = size_t(r) * seq * C + size_t(h) * D;
   const float scale = rsqrtf(float(D)), scale2 = scale * kLog2e;
+  const bool dropout = site.p > 0.0f;
   const float keep_scale = 1.0f / (1.0f - site.p);
+  const int words = mask_words_per_row(seq);
   const int qi[2] = {i0 + warp * 16 + g, i0 + warp * 16 + g + 8};
 
   uint32_t qa[D / 16][4], doa[D / 16][4];
-  load_tile<T, D>(k_tile, q + head_offset, i0, seq, C);
-  load_tile<T, D>(v_tile, dctx + head_offset, i0, seq, C);
+  load_rows<T, D, kTile>(smem, q + head_offset, i0, seq, C);
+  load_rows<T, D, kTile>(smem + Tile<D>::kElements, dctx + head_offset, i0, seq, C);
+  copy_async_commit();
+  copy_async_wait<0>();
   __syncthreads();
+#pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
-    load_a<T, D>(qa[kk], k_tile, warp * 16, kk * 16, lane);
-    load_a<T, D>(doa[kk], v_tile, warp * 16, kk * 16, lane);
+    load_a<D>(qa[kk], smem, warp * 16, kk * 16, lane);
+    load_a<D>(doa[kk], smem + Tile<D>::kElements, warp * 16, kk * 16, lane);
   }
+  __syncthreads();
   float row_lse[2], row_delta[2];
+#pragma unroll
   for (int x = 0; x < 2; ++x) {
     const bool in = qi[x] < seq;
     row_lse[x] = in ? lse[size_t(bh) * seq + qi[x]] : 0.0f;
     row_delta[x] = in ? delta[size_t(bh) * seq + qi[x]] : 0.0f;
   }
   float dq_acc[D / 8][4];
+#pragma unroll
   for (int n = 0; n < D / 8; ++n) dq_acc[n][0] = dq_acc[n][1] = dq_acc[n][2] = dq_acc[n][3] = 0.0f;
 
-  for (int j0 = 0; j0 < len; j0 += kTile) {
+  auto load_kv = [&](int tile, int stage) {
+    load_rows<T, D, kTile>(smem + (2 * stage) * Tile<D>::kElements, k + head_offset, tile * kTile, seq, C);
+    load_rows<T, D, kTile>(smem + (2 * stage + 1) * Tile<D>::kElements, v + head_offset, tile * kTile, seq, C);
+    copy_async_commit();
+  };
+  const int tiles = (len + kTile - 1) / kTile;
+  if (tiles > 0) load_kv(0, 0);
+  for (int jt = 0; jt < tiles; ++jt) {
+    const int stage = jt & 1, j0 = jt * kTile;
+    if (jt + 1 < tiles) {
+      load_kv(jt + 1, stage ^ 1);
+      copy_async_wait<1>();
+    } else {
+      copy_async_wait<0>();
+    }
     __syncthreads();
-    load_tile<T, D>(k_tile, k + head_offset, j0, seq, C);
-    load_tile<T, D>(v_tile, v + head_offset, j0, seq, C);
-    __syncthreads();
+    const T* k_tile = smem + (2 * stage) * Tile<D>::kElements;
+    const T* v_tile = smem + (2 * stage + 1) * Tile<D>::kElements;
+    uint2 keep[2] = {make_uint2(~0u, ~0u), make_uint2(~0u, ~0u)};
+    if (dropout) {
+#pragma unroll
+      for (int x = 0; x < 2; ++x)
+        if (qi[x] < seq) keep[x] = *reinterpret_cast<const uint2*>(mask + (size_t(bh) * seq + qi[x]) * words + 2 * jt);
+    }
+
     float s[kTile / 8][4], dp[kTile / 8][4];
-    for (int n = 0; n < kTile / 8; ++n) {
+#pragma unroll
+    for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
       for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.0f;
-      for (int kk = 0; kk < D / 16; ++kk) {
-        uint32_t b[2];
-        load_b_rows<T, D>(b, k_tile, n * 8, kk * 16, lane);
-        mma16816<T>(s[n], qa[kk], b);
-        load_b_rows<T, D>(b, v_tile, n * 8, kk * 16, lane);
-        mma16816<T>(dp[n], doa[kk], b);
+#pragma unroll
+    for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
+      for (int kq = 0; kq < D / 32; ++kq) {
+        uint32_t b[4];
+        load_b_rows<D>(b, k_tile, n * 8, kq * 32, lane);
+        mma16816<T>(s[n], qa[2 * kq], b);
+        mma16816<T>(s[n], qa[2 * kq + 1], b + 2);
+        load_b_rows<D>(b, v_tile, n * 8, kq * 32, lane);
+        mma16816<T>(dp[n], doa[2 * kq], b);
+        mma16816<T>(dp[n], doa[2 * kq + 1], b + 2);
       }
-    }
-    for (int n = 0; n < kTile / 8; ++n) {
-      const int j = j0 + n * 8 + 2 * t;
-      for (int x = 0; x < 2; ++x) {
-        float keep[2] = {0.0f, 0.0f};
-        if (qi[x] < seq) keep_pair(site, (size_t(bh) * seq + qi[x]) * seq + j, keep_scale, keep);
-        for (int y = 0; y < 2; ++y) {
-          const bool valid = qi[x] < seq && j + y < len;
-          const float prob = valid ? exp2f(s[n][2 * x + y] * scale2 - row_lse[x]) : 0.0f;
-          s[n][2 * x + y] = prob * (dp[n][2 * x + y] * keep[y] - row_delta[x]);  // dS
-        }
+#pragma unroll
+    for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int x = e >> 1, col = n * 8 + 2 * t + (e & 1);
+        const bool valid = qi[x] < seq && j0 + col < len;
+        const float prob = valid ? exp2f(s[n][e] * scale2 - row_lse[x]) : 0.0f;
+        const float keep_x = dropout ? keep_value(keep[x], col, keep_scale) : 1.0f;
+        s[n][e] = prob * (dp[n][e] * keep_x - row_delta[x]);  // dS
       }
-    }
+#pragma unroll
     for (int kk = 0; kk < kTile / 16; ++kk) {
       uint32_t sa[4];
       acc_to_a<T>(sa, s[2 * kk], s[2 * kk + 1]);
-      for (int n = 0; n < D / 8; ++n) {
-        uint32_t b[2];
-        load_b_cols<T, D>(b, k_tile, kk * 16, n * 8, lane);
-        mma16816<T>(dq_acc[n], sa, b);
+#pragma unroll
+      for (int dn = 0; dn < D / 16; ++dn) {
+        uint32_t b[4];
+        load_b_cols<D>(b, k_tile, kk * 16, dn * 16, lane);
+        mma16816<T>(dq_acc[2 * dn], sa, b);
+        mma16816<T>(dq_acc[2 * dn + 1], sa, b + 2);
       }
     }
+    __syncthreads();
   }
+#pragma unroll
   for (int x = 0; x < 2; ++x) {
     if (qi[x] >= seq) continue;
     T* out = dq + head_offset + size_t(qi[x]) * C;
+#pragma unroll
     for (int n = 0; n < D / 8; ++n)
       *reinterpret_cast<uint32_t*>(out + n * 8 + 2 * t) =
           Pack2<T>::pack(dq_acc[n][2 * x] * scale, dq_acc[n][2 * x + 1] * scale);
@@ -467,31 +687,32 @@ __global__ void __launch_bounds__(kWarps * 32) flash_backward_q_kernel(
 }
 
 template <typename T, int D>
-void launch_forward(void* ctx, float* lse, const void* q, const void* k, const void* v, const int32_t* lengths,
-                    int rows, int seq, int C, int heads, const DropoutSite& site, cudaStream_t stream) {
-  const dim3 grid(ceil_div(seq, kTile), rows * heads);
-  flash_forward_kernel<T, D><<<grid, kWarps * 32, 0, stream>>>(
-      static_cast<T*>(ctx), lse, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), lengths,
-      seq, C, heads, site);
+void launch_forward(void* ctx, float* lse, uint32_t* mask, const void* q, const void* k, const void* v,
+                    const int32_t* lengths, int rows, int seq, int C, int heads, const DropoutSite& site,
+                    cudaStream_t stream) {
+  const dim3 grid(ceil_div(seq, kForwardQueries), rows * heads);
+  flash_forward_kernel<T, D><<<grid, kThreads, 0, stream>>>(static_cast<T*>(ctx), lse, mask, static_cast<const T*>(q),
+                                                            static_cast<const T*>(k), static_cast<const T*>(v),
+                                                            lengths, seq, C, heads, site);
   CUDA_CHECK_LAUNCH("flash_forward_kernel");
 }
 
 template <typename T, int D>
 void launch_backward(void* dq, void* dk, void* dv, const void* dctx, const void* ctx, const void* q, const void* k,
-                     const void* v, const float* lse, float* delta, const int32_t* lengths, int rows, int seq, int C,
-                     int heads, const DropoutSite& site, cudaStream_t stream) {
+                     const void* v, const float* lse, const uint32_t* mask, float* delta, const int32_t* lengths,
+                     int rows, int seq, int C, int heads, const DropoutSite& site, cudaStream_t stream) {
   const size_t warps = size_t(rows) * seq * heads;
   flash_backward_delta_kernel<T, D><<<ceil_div(warps, 8), 256, 0, stream>>>(
       delta, static_cast<const T*>(dctx), static_cast<const T*>(ctx), rows, seq, C, heads);
   CUDA_CHECK_LAUNCH("flash_backward_delta_kernel");
   const dim3 grid(ceil_div(seq, kTile), rows * heads);
-  flash_backward_kv_kernel<T, D><<<grid, kWarps * 32, 0, stream>>>(
+  flash_backward_kv_kernel<T, D><<<grid, kThreads, 0, stream>>>(
       static_cast<T*>(dk), static_cast<T*>(dv), static_cast<const T*>(q), static_cast<const T*>(k),
-      static_cast<const T*>(v), static_cast<const T*>(dctx), lse, delta, lengths, seq, C, heads, site);
+      static_cast<const T*>(v), static_cast<const T*>(dctx), lse, delta, mask, lengths, seq, C, heads, site);
   CUDA_CHECK_LAUNCH("flash_backward_kv_kernel");
-  flash_backward_q_kernel<T, D><<<grid, kWarps * 32, 0, stream>>>(
+  flash_backward_q_kernel<T, D><<<grid, kThreads, 0, stream>>>(
       static_cast<T*>(dq), static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
-      static_cast<const T*>(dctx), lse, delta, lengths, seq, C, heads, site);
+      static_cast<const T*>(dctx), lse, delta, mask, lengths, seq, C, heads, site);
   CUDA_CHECK_LAUNCH("flash_backward_q_kernel");
 }
 
@@ -539,31 +760,43 @@ bool flash_attention_supported(DType type, int C, int heads) {
   return d == 32 || d == 64;
 }
 
-void flash_attention_forward(void* ctx, float* lse, const void* q, const void* k, const void* v,
-                             const int32_t* lengths, DType type, int rows, int seq, int C, int heads,
+size_t flash_attention_mask_words(int rows, int seq, int heads) {
+  if (rows <= 0 || seq <= 0 || heads <= 0) return 0;
+  return size_t(rows) * heads * seq * mask_words_per_row(seq);
+}
+
+void flash_attention_forward(void* ctx, float* lse, uint32_t* dropout_mask, const void* q, const void* k,
+                             const void* v, const int32_t* lengths, DType type, int rows, int seq, int C, int heads,
                              const DropoutSite& dropout, cudaStream_t stream) {
   check_supported(type, C, heads, "flash_attention_forward");
+  if (dropout.p > 0.0f && dropout_mask == nullptr)
+    throw std::invalid_argument("flash_attention_forward: dropout needs a mask buffer");
   if (rows <= 0 || seq <= 0) return;
   const int d = C / heads;
+#define LLMQS_FLASH_FWD(T, D) \
+  launch_forward<T, D>(ctx, lse, dropout_mask, q, k, v, lengths, rows, seq, C, heads, dropout, stream)
   if (type == DType::kBF16) {
-    if (d == 64) launch_forward<__nv_bfloat16, 64>(ctx, lse, q, k, v, lengths, rows, seq, C, heads, dropout, stream);
-    else launch_forward<__nv_bfloat16, 32>(ctx, lse, q, k, v, lengths, rows, seq, C, heads, dropout, stream);
+    if (d == 64) LLMQS_FLASH_FWD(__nv_bfloat16, 64);
+    else LLMQS_FLASH_FWD(__nv_bfloat16, 32);
   } else {
-    if (d == 64) launch_forward<__half, 64>(ctx, lse, q, k, v, lengths, rows, seq, C, heads, dropout, stream);
-    else launch_forward<__half, 32>(ctx, lse, q, k, v, lengths, rows, seq, C, heads, dropout, stream);
+    if (d == 64) LLMQS_FLASH_FWD(__half, 64);
+    else LLMQS_FLASH_FWD(__half, 32);
   }
+#undef LLMQS_FLASH_FWD
 }
 
 void flash_attention_backward(void* dq, void* dk, void* dv, const void* dctx, const void* ctx, const void* q,
-                              const void* k, const void* v, const float* lse, float* delta_scratch,
-                              const int32_t* lengths, DType type, int rows, int seq, int C, int heads,
-                              const DropoutSite& dropout, cudaStream_t stream) {
+                              const void* k, const void* v, const float* lse, const uint32_t* dropout_mask,
+                              float* delta_scratch, const int32_t* lengths, DType type, int rows, int seq, int C,
+                              int heads, const DropoutSite& dropout, cudaStream_t stream) {
   check_supported(type, C, heads, "flash_attention_backward");
+  if (dropout.p > 0.0f && dropout_mask == nullptr)
+    throw std::invalid_argument("flash_attention_backward: dropout needs the forward's mask buffer");
   if (rows <= 0 || seq <= 0) return;
   const int d = C / heads;
 #define LLMQS_FLASH_BWD(T, D)                                                                                   \
-  launch_backward<T, D>(dq, dk, dv, dctx, ctx, q, k, v, lse, delta_scratch, lengths, rows, seq, C, heads, dropout, \
-                        stream)
+  launch_backward<T, D>(dq, dk, dv, dctx, ctx, q, k, v, lse, dropout_mask, delta_scratch, lengths, rows, seq, C, \
+                        heads, dropout, stream)
   if (type == DType::kBF16) {
     if (d == 64) LLMQS_FLASH_BWD(__nv_bfloat16, 64);
     else LLMQS_FLASH_BWD(__nv_bfloat16, 32);

@@ -423,8 +423,11 @@ TEST_P(CudaKernels, FlashAttentionWithPaddingAndDropoutMatchesCpu) {
                  << " code here (the T4 build), where bf16 attention takes the unfused path";
   }
   uint32_t seed = 900;
+  // seq 77 and 130 take the forward's per-element Philox path (seq % 4 != 0), the others one call
+  // per four keys; 256 spans two 128-query forward blocks and four key tiles.
   for (const Shape& s : {Shape{2, 128, 128, 2, {100, 128}}, Shape{3, 77, 96, 3, {77, 40, 1}},
-                         Shape{1, 200, 256, 4, {131}}}) {
+                         Shape{1, 200, 256, 4, {131}}, Shape{2, 256, 128, 2, {256, 190}},
+                         Shape{1, 130, 64, 2, {130}}}) {
     ASSERT_TRUE(cu::flash_attention_supported(type, s.C, s.heads));
     for (const float p : {0.0f, 0.1f}) {
       const std::string what = "seq=" + std::to_string(s.seq) + " C=" + std::to_string(s.C) + " heads=" +
@@ -442,17 +445,34 @@ TEST_P(CudaKernels, FlashAttentionWithPaddingAndDropoutMatchesCpu) {
 
       DeviceArray dq_in(q, type), dk_in(k, type), dv_in(v, type), ddctx(dctx, type), ctx(n, type);
       DeviceArray dq(n, type), dk(n, type), dv(n, type), lse(nl, DType::kF32), delta(nl, DType::kF32);
+      DeviceArray mask(cu::flash_attention_mask_words(s.rows, s.seq, s.heads), DType::kF32);  // uint32 words
       std::unique_ptr<DeviceArray> lengths(upload_ints(s.lengths));
       ctx.poison();
       dq.poison();
       dk.poison();
       dv.poison();
-      cu::flash_attention_forward(ctx.ptr(), lse.f32(), dq_in.ptr(), dk_in.ptr(), dv_in.ptr(), lengths->i32(), type,
-                                  s.rows, s.seq, s.C, s.heads, site, nullptr);
+      uint32_t* mask_words = static_cast<uint32_t*>(mask.ptr());
+      cu::flash_attention_forward(ctx.ptr(), lse.f32(), mask_words, dq_in.ptr(), dk_in.ptr(), dv_in.ptr(),
+                                  lengths->i32(), type, s.rows, s.seq, s.C, s.heads, site, nullptr);
       cu::flash_attention_backward(dq.ptr(), dk.ptr(), dv.ptr(), ddctx.ptr(), ctx.ptr(), dq_in.ptr(), dk_in.ptr(),
-                                   dv_in.ptr(), lse.f32(), delta.f32(), lengths->i32(), type, s.rows, s.seq, s.C,
-                                   s.heads, site, nullptr);
+                                   dv_in.ptr(), lse.f32(), mask_words, delta.f32(), lengths->i32(), type, s.rows,
+                                   s.seq, s.C, s.heads, site, nullptr);
       CUDA_CHECK(cudaDeviceSynchronize());
+      if (p > 0.0f) {  // the forward's keep bits are the CPU's Philox draws, element by element
+        std::vector<uint32_t> bits(cu::flash_attention_mask_words(s.rows, s.seq, s.heads));
+        CUDA_CHECK(cudaMemcpy(bits.data(), mask_words, bits.size() * 4, cudaMemcpyDeviceToHost));
+        const size_t words_per_row = bits.size() / (size_t(s.rows) * s.heads * s.seq);
+        size_t wrong = 0;
+        for (int r = 0; r < s.rows; ++r)
+          for (int h = 0; h < s.heads; ++h)
+            for (int i = 0; i < s.seq; ++i)
+              for (int j = 0; j < s.lengths[r]; ++j) {
+                const size_t row = (size_t(r) * s.heads + h) * s.seq + i;
+                const bool got = (bits[row * words_per_row + j / 32] >> (j % 32)) & 1u;
+                wrong += got != llmqs::kernels::dropout_keep(site, row * s.seq + j);
+              }
+        EXPECT_EQ(wrong, 0u) << "flash dropout mask " << what;
+      }
       expect_close(ctx.get(), ctx_ref, tolerance(type), "flash ctx " + what);
       // The backward reads the GPU's rounded ctx (through delta): allow twice the forward's error.
       expect_close(dq.get(), dq_ref, 2 * tolerance(type), "flash dq " + what);
