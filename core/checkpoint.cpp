@@ -224,6 +224,7 @@ void write_contents(const H5Context& h5, hid_t file, const Checkpoint& checkpoin
     write_int_attribute(h5, group.get(), "sampler_position", t.sampler_position, w);
     write_scalar_attribute(h5, group.get(), "seed", H5T_NATIVE_UINT64, t.seed, w);
     write_scalar_attribute(h5, group.get(), "loss_scale", H5T_NATIVE_FLOAT, t.loss_scale, w);
+    write_int_attribute(h5, group.get(), "loss_scale_good_steps", t.loss_scale_good_steps, w);
     write_int_attribute(h5, group.get(), "skipped_steps", t.skipped_steps, w);
     write_int_attribute(h5, group.get(), "world_size", t.world_size, w);
     write_int_attribute(h5, group.get(), "global_batch_size", t.global_batch_size, w);
@@ -474,6 +475,10 @@ OpenedCheckpoint open_and_validate(const H5Context& h5, ParameterLayout& layout_
     t.sampler_position = read_int_attribute(h5, g, "sampler_position", w);
     t.seed = read_numeric_attribute<uint64_t>(h5, g, "seed", H5T_NATIVE_UINT64, w);
     t.loss_scale = read_numeric_attribute<float>(h5, g, "loss_scale", H5T_NATIVE_FLOAT, w);
+    // Added after the first checkpoints were written: absent means 0 (the growth count restarts).
+    t.loss_scale_good_steps =
+        H5Aexists(g, "loss_scale_good_steps") > 0 ? read_int_attribute(h5, g, "loss_scale_good_steps", w) : 0;
+    if (t.loss_scale_good_steps < 0) h5.fail("/trainer@loss_scale_good_steps is negative");
     t.skipped_steps = read_int_attribute(h5, g, "skipped_steps", w);
     t.world_size = read_int32_attribute(h5, g, "world_size", w);
     t.global_batch_size = read_int_attribute(h5, g, "global_batch_size", w);

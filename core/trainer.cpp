@@ -750,6 +750,7 @@ Trainer::StepResult Trainer::train_step(StepBatches& batches) {
       result.skipped = true;
       ++state_.skipped_steps;
       state_.loss_scale = scaler_.scale();
+      state_.loss_scale_good_steps = scaler_.good_steps();
       if (comm_.rank() == 0)
         std::fprintf(stderr, "step %lld: fp16 gradient overflow, step skipped (loss scale %g -> %g)\n",
                      static_cast<long long>(step), static_cast<double>(scale_before),
@@ -775,6 +776,7 @@ Trainer::StepResult Trainer::train_step(StepBatches& batches) {
   hyper.step = step - state_.skipped_steps;  // AdamW's own count: skipped steps never reached it
   backend_->adamw_step(hyper);
   state_.loss_scale = fp16_loss_scaling_ ? scaler_.scale() : 1.0f;
+  state_.loss_scale_good_steps = scaler_.good_steps();
   return result;
 }
 
@@ -890,13 +892,16 @@ TrainSummary Trainer::train() {
   }
   fp16_loss_scaling_ = config_.precision == "fp16";
   if (fp16_loss_scaling_) {
-    // A resumed fp16 run continues with its scale (the growth count restarts: it is not stored).
+    // A resumed fp16 run continues with its scale and its growth count, so the scale doubles at
+    // the same step as it would have without the interruption.
     const bool resumed_fp16 = !resume_from.empty() && state_.precision == "fp16" && state_.loss_scale > 0.0f;
-    scaler_ = DynamicLossScaler(resumed_fp16 ? state_.loss_scale : DynamicLossScaler::kInitialScale);
+    const int64_t good_steps = std::clamp<int64_t>(state_.loss_scale_good_steps, 0, DynamicLossScaler::kGrowthInterval - 1);
+    scaler_ = resumed_fp16 ? DynamicLossScaler(state_.loss_scale, good_steps) : DynamicLossScaler();
   } else {
     scaler_ = DynamicLossScaler(1.0f);
   }
   state_.loss_scale = scaler_.scale();
+  state_.loss_scale_good_steps = scaler_.good_steps();
   state_.precision = config_.precision;
   if (rank == 0) {
     std::error_code error;

@@ -97,7 +97,10 @@ class DynamicLossScaler {
   // So many overflows in a row (the scale fell by 2^30) mean the model itself is broken: stop.
   static constexpr int kMaxConsecutiveOverflows = 30;
 
-  explicit DynamicLossScaler(float scale = kInitialScale) : scale_(scale) {}
+  // `good_steps`: the growth count to continue from (a resumed run passes the checkpoint's, so
+  // the scale doubles at the same step as in an uninterrupted run).
+  explicit DynamicLossScaler(float scale = kInitialScale, int64_t good_steps = 0)
+      : scale_(scale), good_steps_(good_steps) {}
   float scale() const { return scale_; }
   // After a step: false (skip it) when the gradients overflowed. Throws NumericalFault after
   // kMaxConsecutiveOverflows overflows in a row.
@@ -106,7 +109,7 @@ class DynamicLossScaler {
 
  private:
   float scale_;
-  int64_t good_steps_ = 0;   // finite steps since the scale last changed (GradScaler's growth tracker)
+  int64_t good_steps_;       // finite steps since the scale last changed (GradScaler's growth tracker)
   int consecutive_overflows_ = 0;
 };
 

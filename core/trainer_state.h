@@ -17,6 +17,8 @@ struct TrainerState {
   int64_t sampler_position = 0;    // optimizer steps (global batches) already taken in the current epoch
   uint64_t seed = 42;              // the run's seed (dropout keys and permutations derive from it)
   float loss_scale = 1.0f;         // fp16 dynamic loss scale (1 otherwise)
+  int64_t loss_scale_good_steps = 0;  // fp16: finite steps since the scale last changed (GradScaler's
+                                      // growth tracker); the scale doubles when it reaches 2000
   int64_t skipped_steps = 0;       // fp16 overflow steps skipped
   int world_size = 1;
   int64_t global_batch_size = 0;   // per_device batch x accumulation x world size

@@ -81,6 +81,7 @@ Checkpoint make_checkpoint(bool with_optimizer) {
   t.sampler_position = 117;
   t.seed = 0xFEEDFACECAFEBEEFull;
   t.loss_scale = 32768.0f;
+  t.loss_scale_good_steps = 1717;
   t.skipped_steps = 3;
   t.world_size = 4;
   t.global_batch_size = 64;
@@ -176,6 +177,7 @@ TEST_F(CheckpointTest, RoundTripIsBitExact) {
   EXPECT_EQ(t.sampler_position, u.sampler_position);
   EXPECT_EQ(t.seed, u.seed);  // all 64 bits
   EXPECT_EQ(t.loss_scale, u.loss_scale);
+  EXPECT_EQ(t.loss_scale_good_steps, u.loss_scale_good_steps);
   EXPECT_EQ(t.skipped_steps, u.skipped_steps);
   EXPECT_EQ(t.world_size, u.world_size);
   EXPECT_EQ(t.global_batch_size, u.global_batch_size);
@@ -301,6 +303,25 @@ TEST_F(CheckpointTest, WrongSchemaVersionIsRefused) {
   const std::string message = read_error(file);
   EXPECT_NE(message.find(file), std::string::npos) << message;
   EXPECT_NE(message.find("schema_version 2"), std::string::npos) << message;
+}
+
+TEST_F(CheckpointTest, LossScaleGoodStepsOfOlderCheckpointsReadAsZeroAndNegativeIsRefused) {
+  // Checkpoints written before /trainer@loss_scale_good_steps existed still resume (the fp16
+  // growth count restarts, as it did then); a negative count is damage.
+  const std::string file = path("older.h5");
+  write_checkpoint(file, make_checkpoint(true));
+  {
+    Edit edit(file);
+    ASSERT_GE(H5Adelete_by_name(edit.id(), "/trainer", "loss_scale_good_steps", H5P_DEFAULT), 0);
+  }
+  EXPECT_EQ(read_checkpoint_summary(file).trainer.loss_scale_good_steps, 0);
+  EXPECT_EQ(read_checkpoint(file).trainer.loss_scale, 32768.0f);
+  {
+    Edit edit(file);
+    replace_int_attribute(edit.id(), "/trainer", "loss_scale_good_steps", -5);
+  }
+  const std::string message = read_error(file);
+  EXPECT_NE(message.find("/trainer@loss_scale_good_steps is negative"), std::string::npos) << message;
 }
 
 TEST_F(CheckpointTest, DatasetShapeMismatchIsRefusedNamingTheDataset) {

@@ -588,6 +588,48 @@ TEST_F(TrainerTest, Fp16OverflowSkipsTheUpdateHalvesTheScaleAndTheScheduleStillA
   EXPECT_EQ(saved.trainer.loss_scale, 32768.0f);
 }
 
+TEST_F(TrainerTest, Fp16ResumeDoublesTheLossScaleAtTheSameStepAsAnUninterruptedRun) {
+  // GradScaler doubles the scale after 2000 finite steps in a row. A run resumed at step 1000
+  // must carry the 1000 already counted, or its scale doubles 1000 steps late and every later
+  // fp16 step (and the checkpoint's loss_scale) differs from the uninterrupted run.
+  LoneCommunicator comm;
+  core::TrainConfig straight = tiny_config("straight");
+  straight.validation_file.clear();
+  straight.max_steps = 2005;
+  straight.save_steps = 1000;
+  straight.logging_steps = 1000;
+  straight.per_device_train_batch_size = 2;
+  straight.model.vocab_size = 17;
+  straight.precision = "fp16";
+  core::Trainer a(straight, comm, hooked(straight));
+  const core::TrainSummary done = a.train();
+  EXPECT_EQ(a.state().loss_scale, 131072.0f) << "no doubling after 2000 good steps";
+  EXPECT_EQ(a.state().loss_scale_good_steps, 5);
+  const core::CheckpointSummary at_1000 =
+      core::read_checkpoint_summary(core::checkpoint_path(straight.output_dir, 1000));
+  EXPECT_EQ(at_1000.trainer.loss_scale, 65536.0f);
+  EXPECT_EQ(at_1000.trainer.loss_scale_good_steps, 1000);
+
+  core::TrainConfig resumed = straight;
+  resumed.output_dir = (dir_ / "resumed").string();
+  resumed.resume_from_checkpoint = "auto";
+  fs::create_directories(resumed.output_dir);
+  fs::copy_file(core::checkpoint_path(straight.output_dir, 1000), core::checkpoint_path(resumed.output_dir, 1000));
+  core::Trainer b(resumed, comm, hooked(resumed));
+  const core::TrainSummary again = b.train();
+  EXPECT_EQ(b.state().loss_scale, 131072.0f) << "the resumed run lost the growth count";
+  EXPECT_EQ(b.state().loss_scale_good_steps, 5);
+  EXPECT_EQ(parameters_of(a), parameters_of(b));
+  const core::CheckpointSummary end_a = core::read_checkpoint_summary(done.checkpoint);
+  const core::CheckpointSummary end_b = core::read_checkpoint_summary(again.checkpoint);
+  EXPECT_EQ(end_a.trainer.loss_scale, end_b.trainer.loss_scale);
+  EXPECT_EQ(end_a.trainer.loss_scale_good_steps, end_b.trainer.loss_scale_good_steps);
+  const auto la = training_entries(read_jsonl(fs::path(straight.output_dir) / "metrics.jsonl"));
+  const auto lb = training_entries(read_jsonl(fs::path(resumed.output_dir) / "metrics.jsonl"));
+  ASSERT_EQ(la.size(), lb.size());
+  for (size_t i = 0; i < la.size(); ++i) EXPECT_EQ(la[i]["loss_scale"], lb[i]["loss_scale"]) << "entry " << i;
+}
+
 // ---- numerical faults -----------------------------------------------------------------------------
 
 TEST_F(TrainerTest, NanGradientStopsAtItsStepAndKeepsTheLastGoodCheckpoint) {
