@@ -8,7 +8,8 @@
 #      GPU's free memory capped at 15 GiB by a ballast allocation: bench peak memory next to
 #      PyTorch fp16 at the same shape, and bert-base fp16 vs bf16 training on the sample;
 #   5. bert-base bf16 seq 512 batch 64 tokens/s next to pytorch_bert_baseline.py (eager; torch.compile
-#      is in benchmarks/compare_pytorch.sh, too slow to start for this call);
+#      is in benchmarks/compare_pytorch.sh, too slow to start for this call), and benchmarks/kernel_bench
+#      (each kernel's TFLOP/s or GB/s against the measured peaks) at 64x512 and 256x128;
 #   6. benchmarks/scaling at -np 1 (the only count one GPU allows), with the all-reduce microbenchmark.
 # A short table comes last; $OUT gets summary.txt and logs.tgz (every log).
 # SECTIONS="2 4" runs only those sections (default: all).
@@ -135,6 +136,14 @@ for d in ours:
 for name, o in (("pytorch-eager", eager), ("pytorch-compile", comp)):
     if o: print(f"bench   {name:26s} {o['tok_per_s']:>8} {o['mfu']:6.3f} {o['peak_mem_gib']:8.2f}")
 PY
+# Each kernel alone (same calls as the backend) vs the peaks measured in the same run; the tables are in logs.tgz.
+for shape in 64x512 256x128; do
+  [ -x /tmp/llmqs/kernel_bench ] || break
+  k=$out/kernel_bench_bf16_$shape.txt
+  /tmp/llmqs/kernel_bench --dtype bf16 --batch ${shape%x*} --seq ${shape#*x} --lengths yelp --json >"$k" 2>&1
+  rc=$?
+  row "kernels bf16 $shape: exit $rc, $(grep '"peak.matmul"' "$k" | field tflops) $(grep '"peak.copy"' "$k" | field gbps) $(grep '"step_estimate"' "$k" | field ms_per_step errors) ($(since))"
+done
 fi
 if want 6; then
 echo "== 6. weak-scaling table at -np 1"

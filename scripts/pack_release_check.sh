@@ -7,12 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 common=(-DCMAKE_BUILD_TYPE=Release -DLLMQS_STATIC_DEPS=ON)
 cmake -S . -B build-release "${common[@]}" -DCMAKE_CUDA_ARCHITECTURES="75;90" >/dev/null
-cmake --build build-release -j"$(nproc)" --target llmqs-dist kernels_cuda_test core_cuda_backend_test allreduce_bench
+cmake --build build-release -j"$(nproc)" --target llmqs-dist kernels_cuda_test core_cuda_backend_test allreduce_bench \
+  kernel_bench
 cmake -S . -B build-t4ptx "${common[@]}" -DCMAKE_CUDA_ARCHITECTURES="75-virtual" -DLLMQS_BUILD_TESTS=ON >/dev/null
 cmake --build build-t4ptx -j"$(nproc)" --target llmqs-dist kernels_cuda_test core_cuda_backend_test
 stage=$(mktemp -d)
 cp build-release/launch/llmqs-dist build-release/tests/kernels_cuda_test build-release/tests/core_cuda_backend_test \
-   build-release/benchmarks/allreduce_bench "$stage/"
+   build-release/benchmarks/allreduce_bench build-release/benchmarks/kernel_bench "$stage/"
 cp build-t4ptx/launch/llmqs-dist "$stage/llmqs-dist-sm75ptx"
 cp build-t4ptx/tests/kernels_cuda_test "$stage/kernels_cuda_test-sm75ptx"
 cp build-t4ptx/tests/core_cuda_backend_test "$stage/core_cuda_backend_test-sm75ptx"
