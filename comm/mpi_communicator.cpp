@@ -84,8 +84,10 @@ MpiSession::MpiSession(int* argc, char*** argv) {
   MPI_Initialized(&initialized);
   if (!initialized) {
     int provided = 0;
-    // The batch prefetch thread never calls MPI; FUNNELED is enough.
-    MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
+    // The batch prefetch thread never calls MPI. The collective watchdog's thread (core/trainer.h)
+    // calls MPI_Abort when a collective hangs, which MPI allows only at MPI_THREAD_MULTIPLE; with
+    // less, the watchdog _exit(1)s instead and mpirun ends the job, so any level works.
+    MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided);
   }
   // Errors come back as return codes, so a failing call raises an exception that names it.
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);

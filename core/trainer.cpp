@@ -248,6 +248,16 @@ const char* signal_name(int signal_number) {
 // ---- watchdog and arrival check ----------------------------------------------------------------
 
 CollectiveWatchdog::CollectiveWatchdog(double timeout_s, int rank) : timeout_s_(timeout_s), rank_(rank) {
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  mpi_active_ = initialized && !finalized;
+  if (mpi_active_) {
+    int provided = MPI_THREAD_SINGLE;
+    MPI_Query_thread(&provided);
+    mpi_thread_multiple_ = provided == MPI_THREAD_MULTIPLE;
+  }
+  owner_thread_ = std::this_thread::get_id();
   thread_ = std::thread(&CollectiveWatchdog::watch, this);
 }
 
@@ -301,11 +311,11 @@ void CollectiveWatchdog::abort_job(const std::string& message) {
   std::fprintf(stderr, "llmqs-dist: error on rank %d: %s\n", rank_, message.c_str());
   std::fflush(stderr);
   if (hook) hook();
-  int initialized = 0, finalized = 0;
-  MPI_Initialized(&initialized);
-  MPI_Finalized(&finalized);
-  if (initialized && !finalized) MPI_Abort(MPI_COMM_WORLD, 1);
-  std::abort();
+  // See the class comment: MPI_Abort only where MPI allows this thread to call it.
+  const bool may_call_mpi = mpi_active_ && (mpi_thread_multiple_ || std::this_thread::get_id() == owner_thread_);
+  if (may_call_mpi) MPI_Abort(MPI_COMM_WORLD, 1);
+  // No exit handlers and no destructors: the other threads are still inside MPI or the backend.
+  ::_exit(1);
 }
 
 void CollectiveWatchdog::watch() {

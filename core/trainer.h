@@ -136,10 +136,18 @@ void clear_stop_request();
 // One thread per rank that watches the collective the rank is blocked in: when it has not
 // completed within timeout_s, the thread prints which collective, which step and (when the
 // arrival check below found out) which rank never arrived, runs the abort hook (the NCCL
-// communicator's ncclCommAbort belongs there) and calls MPI_Abort, so the job ends instead of
-// hanging forever. A rank killed outright is usually noticed by mpirun first.
+// communicator's ncclCommAbort belongs there) and ends the job, so it does not hang forever.
+// A rank killed outright is usually noticed by mpirun first.
+//
+// Ending the job from the watchdog's own thread: MPI allows that thread to call MPI_Abort only
+// when MPI runs at MPI_THREAD_MULTIPLE (comm::MpiSession asks for it; Open MPI 4 provides it).
+// Otherwise (FUNNELED or less, or no MPI) the thread calls no MPI at all: it prints, runs the
+// hook and _exit(1)s; mpirun then terminates the other ranks ("one or more processes exited
+// with non-zero status"). abort_job on the thread that constructed the watchdog (the arrival
+// check) always may call MPI_Abort.
 class CollectiveWatchdog {
  public:
+  // Construct on the thread that initialised MPI (it records the MPI thread level there).
   CollectiveWatchdog(double timeout_s, int rank);
   ~CollectiveWatchdog();
   CollectiveWatchdog(const CollectiveWatchdog&) = delete;
@@ -166,6 +174,9 @@ class CollectiveWatchdog {
   std::chrono::steady_clock::time_point since_;
   std::function<void()> abort_hook_;
   std::function<void(const std::string&)> abort_for_test_;
+  bool mpi_active_ = false;            // initialised and not finalised, seen at construction
+  bool mpi_thread_multiple_ = false;   // any thread may call MPI_Abort
+  std::thread::id owner_thread_;       // the thread that constructed the watchdog
   std::thread thread_;
 };
 

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <csignal>
+#include <cstdio>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -209,4 +210,21 @@ TEST(CollectiveWatchdog, ATimedOutCollectiveIsReportedWithItsStep) {
   EXPECT_NE(reported.find("the gradient all-reduce of step 38 has not completed after 0.2 s (collective_timeout_s)"),
             std::string::npos)
       << reported;
+}
+
+TEST(CollectiveWatchdog, WithoutMpiItExitsWithStatus1FromItsOwnThreadAfterTheHook) {
+  // The watchdog thread may not call MPI below MPI_THREAD_MULTIPLE (here: MPI is not even
+  // initialised): it prints, runs the abort hook (ncclCommAbort in a CUDA run) and _exit(1)s,
+  // instead of std::abort()ing with a core dump.
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        core::CollectiveWatchdog watchdog(0.2, 3);
+        watchdog.set_abort_hook([] { std::fprintf(stderr, "abort hook ran\n"); });
+        watchdog.enter("the gradient all-reduce", 38);
+        std::this_thread::sleep_for(std::chrono::seconds(5));
+        std::exit(0);  // not reached: the watchdog ends the process first
+      },
+      ::testing::ExitedWithCode(1),
+      "error on rank 3: the gradient all-reduce of step 38 has not completed after 0.2 s(.|\n)*abort hook ran");
 }
