@@ -49,6 +49,7 @@
 
 #include "core/bench.h"
 #include "core/cuda_backend.h"
+#include "core/device_memory.h"
 #include "core/model_config.h"
 #include "core/parameters.h"
 #include "kernels/cuda_check.h"
@@ -205,6 +206,7 @@ struct Buffers {
   // AdamW over the whole bert-base parameter buffer.
   float *params = nullptr, *grads = nullptr, *adam_m = nullptr, *adam_v = nullptr;
   void* params_low = nullptr;
+  uint32_t* decay_mask = nullptr;  // core::build_adamw_decay_mask, as the backend's arena holds it
   // Peaks and method.
   void *peak_a = nullptr, *peak_b = nullptr, *peak_y = nullptr, *copy_src = nullptr, *copy_dst = nullptr;
   void *l2_flush = nullptr, *matmul_workspace = nullptr;
@@ -626,6 +628,7 @@ int run(const Options& o) {
   arena.add(b.token_type0, size_t(C) * 4);
   for (float** slot : {&b.params, &b.grads, &b.adam_m, &b.adam_v}) arena.add(*slot, P * 4);
   arena.add(b.params_low, low_copy ? P * es : 0);
+  arena.add(b.decay_mask, cu::adamw_decay_mask_words(P) * 4);
   for (void** slot : {&b.peak_a, &b.peak_b, &b.peak_y}) arena.add(*slot, peak_elements * es);
   arena.add(b.copy_src, copy_bytes);
   arena.add(b.copy_dst, copy_bytes);
@@ -667,6 +670,10 @@ int run(const Options& o) {
   fill_f32(b.params, P, -0.03f, 0.03f);
   fill_f32(b.grads, P, -1e-3f, 1e-3f);
   if (low_copy) cu::convert(b.params_low, type, b.params, DType::kF32, P, stream);
+  {
+    const std::vector<uint32_t> mask = core::build_adamw_decay_mask(layout);
+    CUDA_CHECK(cudaMemcpy(b.decay_mask, mask.data(), mask.size() * 4, cudaMemcpyHostToDevice));
+  }
   for (void* p : {b.peak_a, b.peak_b}) fill_act(p, peak_elements);
   CUDA_CHECK(cudaMemsetAsync(b.dw_qkv, 0, size_t(C) * C * 4, stream));
   CUDA_CHECK(cudaMemsetAsync(b.dw_ffn1, 0, size_t(I) * C * 4, stream));
@@ -927,27 +934,29 @@ int run(const Options& o) {
     Row one;
     one.name = "adamw.one_launch";
     one.shape = std::to_string(P) + " params in one launch";
-    one.call = "adamw_update(params, grads, m, v, P, scalars, params_low, type, stream)";
-    one.bytes = bytes_per_param * double(P);
-    one.note = "p, g, m, v read; p, m, v written (+ the low copy unless fp32): " + fixed(bytes_per_param, 0) + " B/param";
+    one.call = "adamw_update(params, grads, m, v, decay_mask, P, scalars, params_low, type, stream)";
+    one.bytes = (bytes_per_param + 0.125) * double(P);
+    one.note = "as CudaBackend::adamw_step: p, g, m, v read; p, m, v written (+ the low copy unless fp32): " +
+               fixed(bytes_per_param, 0) + " B/param, + 1 decay-mask bit";
     one.enqueue = [&, s, P, low_copy] {
-      cu::adamw_update(b.params, b.grads, b.adam_m, b.adam_v, P, s, low_copy ? b.params_low : nullptr, type, stream);
+      cu::adamw_update(b.params, b.grads, b.adam_m, b.adam_v, b.decay_mask, P, s, low_copy ? b.params_low : nullptr,
+                       type, stream);
     };
+    one.calls_per_step = 1;
     add(std::move(one));
     Row per;
     per.name = "adamw.per_tensor";
     per.shape = std::to_string(layout.parameters().size()) + " launches, " + std::to_string(P) + " params";
-    per.call = "adamw_update per parameter tensor, as CudaBackend::adamw_step";
+    per.call = "adamw_update per parameter tensor (no mask), the backend's former path";
     per.bytes = bytes_per_param * double(P);
-    per.calls_per_step = 1;
     per.note = "one launch per tensor; weight decay off for biases and LayerNorm weights";
     per.enqueue = [&, s, low_copy, es] {
       cu::AdamWScalars t = s;
       for (const core::ParameterInfo& p : layout.parameters()) {
         t.weight_decay = p.weight_decay ? s.weight_decay : 0.0f;
         void* low = low_copy ? static_cast<char*>(b.params_low) + p.offset * es : nullptr;
-        cu::adamw_update(b.params + p.offset, b.grads + p.offset, b.adam_m + p.offset, b.adam_v + p.offset, p.numel, t,
-                         low, type, stream);
+        cu::adamw_update(b.params + p.offset, b.grads + p.offset, b.adam_m + p.offset, b.adam_v + p.offset, nullptr,
+                         p.numel, t, low, type, stream);
       }
     };
     add(std::move(per));

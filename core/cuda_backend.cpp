@@ -251,6 +251,9 @@ class CudaBackend final : public Backend {
     set_parameters(init.data());
     CUDA_CHECK(cudaMemsetAsync(arena_ + plan_.adam_m, 0, bytes(), stream_));
     CUDA_CHECK(cudaMemsetAsync(arena_ + plan_.adam_v, 0, bytes(), stream_));
+    const std::vector<uint32_t> decay_mask = build_adamw_decay_mask(layout_);  // alive until the sync below
+    CUDA_CHECK(cudaMemcpyAsync(u32(plan_.adamw_decay_mask), decay_mask.data(), decay_mask.size() * sizeof(uint32_t),
+                               cudaMemcpyHostToDevice, stream_));
     zero_gradients();
     CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
@@ -325,12 +328,11 @@ class CudaBackend final : public Backend {
     s.eps = hyper.eps;
     s.grad_scale = hyper.grad_scale;
     s.step = hyper.step;
-    const bool low = type_ != DType::kF32;
-    for (const ParameterInfo& p : layout_.parameters()) {
-      s.weight_decay = p.weight_decay ? hyper.weight_decay : 0.0f;
-      cu::adamw_update(params() + p.offset, grads() + p.offset, f32(plan_.adam_m) + p.offset,
-                       f32(plan_.adam_v) + p.offset, p.numel, s, low ? low_weight(p.offset) : nullptr, type_, stream_);
-    }
+    s.weight_decay = hyper.weight_decay;  // only where the tensor decays: the arena's bitmask says which
+    // One launch over the flat buffers (parameters, gradients, moments and the low copy share the
+    // element offsets of ParameterLayout), instead of one per tensor.
+    cu::adamw_update(params(), grads(), f32(plan_.adam_m), f32(plan_.adam_v), u32(plan_.adamw_decay_mask),
+                     layout_.total_numel(), s, type_ != DType::kF32 ? low_weight(0) : nullptr, type_, stream_);
     profile_->mark("adamw");
   }
 

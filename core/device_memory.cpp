@@ -17,10 +17,11 @@ constexpr size_t kAlignment = 256;
 constexpr size_t kMatmulWorkspaceBytes = size_t(32) << 20;   // what Hopper's cuBLASLt kernels want
 constexpr size_t kOverheadBytes = size_t(768) << 20;         // context + cuBLASLt + NCCL, measured loosely
 
-// Must match kernels::cuda::kColumnReduceChunk and kGradNormBlocks (kernels/cuda_kernels.h);
-// duplicated so this file needs no CUDA headers.
+// Must match kernels::cuda::kColumnReduceChunk, kGradNormBlocks and adamw_decay_mask_words
+// (kernels/cuda_kernels.h); duplicated so this file needs no CUDA headers.
 constexpr size_t kColumnReduceChunk = 128;
 constexpr size_t kGradNormBlocks = 1024;
+constexpr size_t adamw_decay_mask_words(size_t num_params) { return (num_params + 31) / 32; }
 
 class Planner {
  public:
@@ -90,6 +91,7 @@ DeviceMemoryPlan plan_device_memory(const BertConfig& config, int max_rows, int 
   plan.adam_v = p.take(P * 4);
   plan.params_low = low ? p.take(P * 2) : plan.params;
   plan.grad_norm_partial = p.take(kGradNormBlocks * 8);
+  plan.adamw_decay_mask = p.take(adamw_decay_mask_words(P) * 4);
 
   plan.ids = p.take(N * 4);
   plan.lengths = p.take(B * 4);
@@ -160,6 +162,19 @@ DeviceMemoryPlan plan_device_memory(const BertConfig& config, int max_rows, int 
   plan.arena_bytes = p.used();
   plan.overhead_bytes = kOverheadBytes;
   return plan;
+}
+
+std::vector<uint32_t> build_adamw_decay_mask(const ParameterLayout& layout) {
+  std::vector<uint32_t> mask(adamw_decay_mask_words(layout.total_numel()), 0u);
+  for (const ParameterInfo& info : layout.parameters()) {
+    if (!info.weight_decay) continue;
+    size_t i = info.offset;
+    const size_t end = info.offset + info.numel;
+    for (; i < end && i % 32 != 0; ++i) mask[i / 32] |= 1u << (i % 32);  // head of a shared word
+    for (; i + 32 <= end; i += 32) mask[i / 32] = 0xFFFFFFFFu;
+    for (; i < end; ++i) mask[i / 32] |= 1u << (i % 32);  // tail
+  }
+  return mask;
 }
 
 size_t estimate_device_bytes(const BertConfig& config, int max_rows, int max_seq_len, const std::string& precision,

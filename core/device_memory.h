@@ -9,10 +9,12 @@
 // no CUDA headers, so the trainer and tests can ask for an estimate on any machine.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
 
 #include "core/model_config.h"
+#include "core/parameters.h"
 
 namespace llmqs::core {
 
@@ -29,8 +31,9 @@ struct DeviceMemoryPlan {
   int rows = 0, seq = 0;
   size_t activation_bytes = 4;       // 4 (fp32/tf32) or 2 (bf16/fp16)
   size_t num_params = 0;
-  // parameters and optimizer (fp32), the low-precision copy (absent in fp32: == params)
-  size_t params, grads, adam_m, adam_v, params_low, grad_norm_partial;
+  // parameters and optimizer (fp32), the low-precision copy (absent in fp32: == params), and
+  // AdamW's weight-decay bitmask (build_adamw_decay_mask, uploaded once)
+  size_t params, grads, adam_m, adam_v, params_low, grad_norm_partial, adamw_decay_mask;
   // batch inputs: ids, lengths, labels, and the word-embedding backward's token groups
   size_t ids, lengths, labels, group_token, group_offset, group_position;
   // embeddings and encoder
@@ -65,6 +68,11 @@ bool fused_attention_planned(const BertConfig& config, const std::string& precis
 // the unfused attention and its larger buffers.
 DeviceMemoryPlan plan_device_memory(const BertConfig& config, int max_rows, int max_seq_len,
                                     const std::string& precision, bool fused_kernels_available = true);
+
+// The contents of the arena's adamw_decay_mask: bit (i % 32) of word i / 32 is set when element i
+// of the flat parameter buffer belongs to a tensor with ParameterInfo::weight_decay (the format
+// kernels::cuda::adamw_update reads); (total_numel + 31) / 32 words, the bits past the end clear.
+std::vector<uint32_t> build_adamw_decay_mask(const ParameterLayout& layout);
 
 size_t estimate_device_bytes(const BertConfig& config, int max_rows, int max_seq_len, const std::string& precision,
                              bool fused_kernels_available = true);

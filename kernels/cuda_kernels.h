@@ -170,10 +170,17 @@ struct AdamWScalars {
   float lr = 0.0f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.0f, grad_scale = 1.0f;
   int64_t step = 1;
 };
-// One tensor's update, torch.optim.AdamW semantics exactly as the CPU twin. When params_low is
-// not null it receives the updated parameters in low_type (the copy the matmuls read).
-void adamw_update(float* params, const float* grads, float* m, float* v, size_t n, const AdamWScalars& s,
-                  void* params_low, DType low_type, cudaStream_t stream);
+// Which elements decay: bit (i % 32) of word i / 32 is set when element i gets s.weight_decay
+// (ParameterInfo::weight_decay); adamw_decay_mask_words(n) words, built once by the backend.
+constexpr size_t adamw_decay_mask_words(size_t n) { return (n + 31) / 32; }
+// ONE launch over n consecutive parameters (the backend passes its whole flat buffer), bit-identical
+// to the CPU twin applied tensor by tensor with weight_decay = s.weight_decay where the element's
+// decay_mask bit is set and 0 elsewhere; decay_mask == nullptr decays every element (one tensor).
+// When params_low is not null it receives the updated parameters in low_type at the same element
+// offsets (the copy the matmuls read; must not alias params). Any alignment works; params, grads,
+// m, v 16-byte aligned and params_low aligned to 4 elements take the float4 path.
+void adamw_update(float* params, const float* grads, float* m, float* v, const uint32_t* decay_mask, size_t n,
+                  const AdamWScalars& s, void* params_low, DType low_type, cudaStream_t stream);
 
 // ---- global gradient norm (kernels/grad_norm.cu; CPU twin kernels/cpu/grad_norm.h) ---------------
 // sum_i grad[i]^2 in double, deterministic (fixed blocks, fixed order). partial_device holds

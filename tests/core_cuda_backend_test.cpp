@@ -438,6 +438,37 @@ TEST(DeviceMemoryPlan, GrowsWithTheBatchAndShrinksWithHalfPrecision) {
   EXPECT_EQ(plan.arena_bytes % 256, 0u);
 }
 
+TEST(DeviceMemoryPlan, AdamWDecayMaskHasOneBitPerParameterSetWhereTheTensorDecays) {
+  const BertConfig c = tiny_config();
+  const auto layout = core::ParameterLayout::for_bert(c);
+  const size_t params = layout.total_numel();
+  const std::vector<uint32_t> mask = core::build_adamw_decay_mask(layout);
+  ASSERT_EQ(mask.size(), (params + 31) / 32);
+  ASSERT_EQ(mask.size(), kernels::cuda::adamw_decay_mask_words(params));
+  size_t decayed = 0, tensors_with_a_split_word = 0;
+  for (const core::ParameterInfo& p : layout.parameters()) {
+    for (size_t i = p.offset; i < p.offset + p.numel; ++i) {
+      const bool bit = (mask[i / 32] >> (i % 32)) & 1u;
+      ASSERT_EQ(bit, p.weight_decay) << p.name << " element " << i - p.offset;
+      decayed += bit;
+    }
+    tensors_with_a_split_word += p.offset % 32 != 0;
+  }
+  for (size_t i = params; i < mask.size() * 32; ++i) EXPECT_EQ((mask[i / 32] >> (i % 32)) & 1u, 0u) << "bit " << i;
+  EXPECT_GT(decayed, 0u);
+  EXPECT_LT(decayed, params);
+  EXPECT_GT(tensors_with_a_split_word, 0u);  // the tiny config's odd sizes put boundaries inside words
+  // In the arena after the grad-norm partials; the parameter buffers stay 256-byte aligned, so the
+  // AdamW kernel's float4 path covers them.
+  for (const char* precision : {"fp32", "bf16"}) {
+    const core::DeviceMemoryPlan plan = core::plan_device_memory(c, 3, 16, precision);
+    EXPECT_EQ(plan.adamw_decay_mask - plan.grad_norm_partial, 1024u * 8) << precision;
+    EXPECT_GE(plan.ids - plan.adamw_decay_mask, mask.size() * 4) << precision;
+    for (const size_t offset : {plan.params, plan.grads, plan.adam_m, plan.adam_v, plan.params_low})
+      EXPECT_EQ(offset % 256, 0u) << precision;
+  }
+}
+
 TEST(DeviceMemoryPlan, ShortfallNamesTheEstimateAndWhatToChange) {
   BertConfig base;
   try {

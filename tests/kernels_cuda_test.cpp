@@ -13,7 +13,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -645,13 +647,110 @@ TEST(CudaKernelsFp32, AdamWMatchesCpuAndWritesTheLowPrecisionCopy) {
     c.weight_decay = s.weight_decay;
     c.grad_scale = s.grad_scale;
     c.step = step;
-    cu::adamw_update(dp.f32(), dg.f32(), dm.f32(), dv.f32(), n, c, low.ptr(), DType::kBF16, nullptr);
+    cu::adamw_update(dp.f32(), dg.f32(), dm.f32(), dv.f32(), nullptr, n, c, low.ptr(), DType::kBF16, nullptr);
   }
   CUDA_CHECK(cudaDeviceSynchronize());
   expect_close(dp.get(), params, 1e-6, "params after 3 AdamW steps");
   expect_close(dm.get(), m, 1e-6, "exp_avg");
   expect_close(dv.get(), v, 1e-6, "exp_avg_sq");
   expect_close(low.get(), params, 1e-2, "bf16 copy");
+}
+
+// The backend's one launch over the whole flat buffer: decay where the bitmask says so, checked
+// bit for bit against the CPU twin applied tensor by tensor (the CPU backend's loop). Spans of odd
+// sizes put decay/no-decay boundaries inside 32-bit mask words and inside float4 chunks; one span
+// has more elements than 4 x a full wave of H200 threads (132 x 2048), so even the float4 loop
+// (4 elements a thread) turns, and
+// a weight decay of 0.05 moves every decayed weight by more than an ulp, so an ignored or misread
+// mask changes bits. Placements: everything
+// 16-byte aligned (float4 path, n % 4 = 3 tail elements), everything one element off, and only
+// the low copy one element off (both the scalar path). A guard element beside the range must stay.
+TEST(CudaKernelsFp32, AdamWOneLaunchWithDecayMaskIsBitIdenticalToCpuPerTensor) {
+  REQUIRE_CUDA();
+  struct Span {
+    size_t numel;
+    bool decay;
+  };
+  const std::vector<Span> spans = {{37, true}, {1, false}, {771, true}, {5, false}, {64, true}, {2, false},
+                                   {31, false}, {33, true}, {3, false}, {2049, true}, {29, false}, {1, true},
+                                   {1500001, true}, {768, false}, {127, true}, {13, false}};
+  size_t n = 0;
+  for (const Span& s : spans) n += s.numel;
+  ASSERT_EQ(n % 4, 3u);
+  std::vector<uint32_t> mask(cu::adamw_decay_mask_words(n), 0u);
+  for (size_t first = 0, k = 0; k < spans.size(); first += spans[k].numel, ++k)
+    for (size_t i = first; spans[k].decay && i < first + spans[k].numel; ++i) mask[i / 32] |= 1u << (i % 32);
+  DeviceArray dmask(mask.size(), DType::kF32);  // 4-byte words
+  CUDA_CHECK(cudaMemcpy(dmask.ptr(), mask.data(), mask.size() * 4, cudaMemcpyHostToDevice));
+
+  auto same_bits = [](const std::vector<float>& got, const std::vector<float>& ref, size_t from, const std::string& what) {
+    size_t wrong = 0, first_wrong = 0;
+    for (size_t i = 0; i < ref.size(); ++i)
+      if (std::memcmp(&got[from + i], &ref[i], sizeof(float)) != 0 && wrong++ == 0) first_wrong = i;
+    EXPECT_EQ(wrong, 0u) << what << ": " << wrong << " of " << ref.size() << " elements differ, first " << first_wrong
+                         << " gpu " << got[from + first_wrong] << " cpu " << ref[first_wrong];
+  };
+  struct Placement {
+    size_t at, low_at;  // element offsets of the range in the fp32 buffers and in the low copy
+  };
+  for (const DType low_type : {DType::kF32, DType::kBF16, DType::kF16}) {
+    const bool with_low = low_type != DType::kF32;  // fp32 runs pass no copy, as the backend does
+    for (const Placement place : {Placement{0, 0}, Placement{1, 1}, Placement{0, 1}}) {
+      const std::string what = std::string(with_low ? llmqs::kernels::dtype_name(low_type) : "no") + " copy, range at " +
+                               std::to_string(place.at) + "/" + std::to_string(place.low_at);
+      auto params = random_vector(n, 80), grads = random_vector(n, 81), m = random_vector(n, 82, 0.01f);
+      auto v = random_vector(n, 83, 0.01f);
+      for (float& x : v) x = x * x;
+      // Device buffers of n + 1 elements: the range at `at`, a guard value in the element left over.
+      auto with_guard = [n](const std::vector<float>& x, size_t at) {
+        std::vector<float> out(n + 1, 123.0f);
+        std::copy(x.begin(), x.end(), out.begin() + at);
+        return out;
+      };
+      DeviceArray dp(with_guard(params, place.at)), dg(with_guard(grads, place.at)), dm(with_guard(m, place.at)),
+          dv(with_guard(v, place.at)), low(n + 1, with_low ? low_type : DType::kF32);
+      low.poison();
+      for (int64_t step = 1; step <= 3; ++step) {
+        kc::AdamWScalars s;
+        s.lr = 1e-3f;
+        s.weight_decay = step == 2 ? 0.0f : 0.05f;
+        s.grad_scale = 0.5f;
+        s.step = step;
+        for (size_t first = 0, k = 0; k < spans.size(); first += spans[k].numel, ++k) {
+          kc::AdamWScalars t = s;
+          t.weight_decay = spans[k].decay ? s.weight_decay : 0.0f;
+          kc::adamw_update(params.data() + first, grads.data() + first, m.data() + first, v.data() + first,
+                           spans[k].numel, t);
+        }
+        cu::AdamWScalars c;
+        c.lr = s.lr;
+        c.weight_decay = s.weight_decay;
+        c.grad_scale = s.grad_scale;
+        c.step = step;
+        void* low_range = with_low ? static_cast<char*>(low.ptr()) + place.low_at * llmqs::kernels::dtype_bytes(low_type)
+                                   : nullptr;
+        cu::adamw_update(dp.f32() + place.at, dg.f32() + place.at, dm.f32() + place.at, dv.f32() + place.at,
+                         static_cast<const uint32_t*>(dmask.ptr()), n, c, low_range, low_type, nullptr);
+      }
+      CUDA_CHECK(cudaDeviceSynchronize());
+      const size_t guard = place.at == 0 ? n : 0;
+      const auto p_got = dp.get(), m_got = dm.get(), v_got = dv.get(), g_got = dg.get();
+      same_bits(p_got, params, place.at, what + ": params after 3 steps");
+      same_bits(m_got, m, place.at, what + ": exp_avg");
+      same_bits(v_got, v, place.at, what + ": exp_avg_sq");
+      same_bits(g_got, grads, place.at, what + ": grads (read only)");
+      EXPECT_EQ(p_got[guard], 123.0f) << what << ": params guard";
+      EXPECT_EQ(m_got[guard], 123.0f) << what << ": exp_avg guard";
+      EXPECT_EQ(v_got[guard], 123.0f) << what << ": exp_avg_sq guard";
+      if (with_low) {
+        const auto low_got = low.get();
+        same_bits(low_got, rounded(params, low_type), place.low_at, what + ": low copy");
+        EXPECT_TRUE(std::isnan(low_got[place.low_at == 0 ? n : 0])) << what << ": low copy guard written";
+      } else {
+        for (const float x : low.get()) ASSERT_TRUE(std::isnan(x)) << what << ": no copy asked for, one was written";
+      }
+    }
+  }
 }
 
 TEST(CudaKernelsFp32, SumOfSquaresMatchesCpuAndIsDeterministic) {
