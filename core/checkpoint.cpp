@@ -5,11 +5,13 @@
 
 #include <fcntl.h>
 #include <hdf5.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <iostream>
@@ -165,6 +167,99 @@ void write_string_list_dataset(const H5Context& h5, hid_t group, const char* nam
   for (const auto& v : values) pointers.push_back(v.c_str());
   h5.check(H5Dwrite(dataset.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, pointers.data()),
            "cannot write dataset", where);
+}
+
+// kTestHookCheckpointWritePauseMs (checkpoint.h): a crash test's way into the middle of a write.
+void pause_inside_write_for_test(const std::string& tmp) {
+  const char* value = std::getenv(kTestHookCheckpointWritePauseMs);
+  const long pause_ms = value ? std::strtol(value, nullptr, 10) : 0L;
+  if (pause_ms <= 0) return;
+  std::fprintf(stderr, "llmqs-dist: test hook: pausing %ld ms inside the write of %s\n", pause_ms, tmp.c_str());
+  std::fflush(stderr);
+  ::usleep(static_cast<useconds_t>(pause_ms) * 1000);
+}
+
+// An HDF5 file built in memory by the core driver (no backing store). When HDF5 closes it, the
+// buffer is handed to us instead of freed (image_free with FILE_CLOSE), so the finished image is
+// written to disk without another copy.
+//
+// Why not let HDF5 write the file: HDF5 1.10 does not survive a failed disk write. After ENOSPC
+// or EFBIG in H5Dwrite, H5Fclose fails and leaves the file half closed; closing it again, or the
+// library's atexit cleanup, then crashes (segfault in H5F__close_cb, measured with 1.10.8). Built
+// in memory, every disk error is one write()/fsync() result that we turn into a message. The price
+// is one more copy of the checkpoint in rank 0's host memory while it is written (12 bytes per
+// parameter: 1.3 GB for bert-base).
+class MemoryFileImage {
+ public:
+  MemoryFileImage() = default;
+  ~MemoryFileImage() { std::free(kept_); }
+  MemoryFileImage(const MemoryFileImage&) = delete;
+  MemoryFileImage& operator=(const MemoryFileImage&) = delete;
+
+  // A file access property list for H5Fcreate that builds the file in this image.
+  Handle file_access() {
+    Handle fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+    H5Pset_fclose_degree(fapl.get(), H5F_CLOSE_STRONG);
+    H5Pset_fapl_core(fapl.get(), /*increment=*/8 << 20, /*backing_store=*/0);
+    H5FD_file_image_callbacks_t callbacks{};
+    callbacks.image_malloc = [](size_t size, H5FD_file_image_op_t, void*) { return std::malloc(size); };
+    callbacks.image_memcpy = nullptr;  // memcpy
+    callbacks.image_realloc = [](void* p, size_t size, H5FD_file_image_op_t, void*) { return std::realloc(p, size); };
+    callbacks.image_free = [](void* p, H5FD_file_image_op_t op, void* self) -> herr_t {
+      auto* image = static_cast<MemoryFileImage*>(self);
+      if (op == H5FD_FILE_IMAGE_OP_FILE_CLOSE && p != nullptr) {
+        std::free(image->kept_);
+        image->kept_ = p;
+      } else {
+        std::free(p);
+      }
+      return 0;
+    };
+    callbacks.udata_copy = [](void* self) { return self; };  // property list copies share this image
+    callbacks.udata_free = [](void*) -> herr_t { return 0; };
+    callbacks.udata = this;
+    if (H5Pset_file_image_callbacks(fapl.get(), &callbacks) < 0) return Handle();
+    return fapl;
+  }
+  // The bytes of the closed file: `size` from H5Fget_file_image before the close.
+  const char* data() const { return static_cast<const char*>(kept_); }
+
+ private:
+  void* kept_ = nullptr;
+};
+
+// Writes `size` bytes to a new file `tmp` and fsyncs it; on failure removes it and throws naming
+// `path` (the checkpoint it was meant to become) and the system's reason.
+void write_image_to_disk(const std::string& path, const std::string& tmp, const char* data, size_t size) {
+  auto fail = [&](const std::string& what, int error) {
+    std::remove(tmp.c_str());
+    throw std::runtime_error(path + ": cannot write the checkpoint (" + std::to_string(size) + " bytes) to " + tmp +
+                             ": " + what + ": " + std::strerror(error));
+  };
+  // 0666: the user's umask decides who may read it, as for every file we create (docs/security.md).
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+  if (fd < 0) fail("create", errno);
+  auto write_range = [&](size_t begin, size_t end) {
+    while (begin < end) {
+      const ssize_t n = ::write(fd, data + begin, std::min<size_t>(end - begin, size_t(64) << 20));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        const int error = n < 0 ? errno : ENOSPC;
+        ::close(fd);
+        fail("write", error);
+      }
+      begin += static_cast<size_t>(n);
+    }
+  };
+  write_range(0, size / 2);
+  pause_inside_write_for_test(tmp);  // off unless a crash test turns it on
+  write_range(size / 2, size);
+  if (::fsync(fd) != 0) {
+    const int error = errno;
+    ::close(fd);
+    fail("fsync", error);
+  }
+  if (::close(fd) != 0) fail("close", errno);
 }
 
 void write_contents(const H5Context& h5, hid_t file, const Checkpoint& checkpoint, const ParameterLayout& layout) {
@@ -576,24 +671,56 @@ void write_checkpoint(const std::string& path, const Checkpoint& checkpoint) {
   }
   const ParameterLayout layout = ParameterLayout::for_bert(checkpoint.model);
   validate_for_write(path, checkpoint, layout);
+  // The rename would replace whatever holds the name: only ever an earlier checkpoint.
+  const std::string occupied = checkpoint_destination_problem(path);
+  if (!occupied.empty())
+    throw std::runtime_error(path + ": refusing to write a checkpoint there: it " + occupied +
+                             "; move it away or write elsewhere");
 
   silence_hdf5();
   const H5Context h5(path);
   const std::string tmp = temporary_path(path);
-  try {
-    Handle fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
-    H5Pset_fclose_degree(fapl.get(), H5F_CLOSE_STRONG);
+  // Built in memory (see MemoryFileImage), then written, fsynced and renamed into place.
+  MemoryFileImage image;
+  size_t size = 0;
+  {
+    Handle fapl = image.file_access();
+    if (!fapl.valid()) h5.fail("cannot set up the in-memory HDF5 file");
     Handle file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()), H5Fclose);
-    if (!file.valid()) h5.fail("cannot create " + tmp);
+    if (!file.valid()) h5.fail("cannot create the in-memory HDF5 file");
     write_contents(h5, file.get(), checkpoint, layout);
-    h5.check(H5Fflush(file.get(), H5F_SCOPE_GLOBAL), "cannot flush", tmp);
-    // A failing close (the last blocks hit a full disk) must not pass for a complete file.
-    h5.check(H5Fclose(file.release()), "cannot close", tmp);
-  } catch (...) {
-    std::remove(tmp.c_str());
-    throw;
+    h5.check(H5Fflush(file.get(), H5F_SCOPE_GLOBAL), "cannot flush", "the in-memory file");
+    const ssize_t image_size = H5Fget_file_image(file.get(), nullptr, 0);
+    if (image_size <= 0) h5.fail("cannot size the in-memory HDF5 file");
+    size = static_cast<size_t>(image_size);
+    h5.check(H5Fclose(file.release()), "cannot close", "the in-memory file");
   }
+  if (image.data() == nullptr) h5.fail("HDF5 did not hand over the in-memory file");
+  write_image_to_disk(path, tmp, image.data(), size);
   publish_file(tmp, path);
+}
+
+std::string checkpoint_destination_problem(const std::string& path) {
+  struct stat info {};
+  if (::lstat(path.c_str(), &info) != 0) return errno == ENOENT ? "" : std::string("cannot be inspected: ") + std::strerror(errno);
+  if (S_ISLNK(info.st_mode)) return "is a symbolic link";
+  if (S_ISDIR(info.st_mode)) return "is a directory";
+  if (!S_ISREG(info.st_mode)) return "is not a regular file";
+  silence_hdf5();
+  if (H5Fis_hdf5(path.c_str()) <= 0) {
+    H5Eclear2(H5E_DEFAULT);
+    return "is not an llmqs-dist checkpoint (not an HDF5 file)";
+  }
+  Handle file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+  if (!file.valid()) return "is not an llmqs-dist checkpoint (a damaged HDF5 file" + hdf5_reason() + ")";
+  try {
+    const H5Context h5(path);
+    if (H5Aexists(file.get(), "schema") > 0 && read_string_attribute(h5, file.get(), "schema", "/") == kCheckpointSchema)
+      return "";
+  } catch (const std::runtime_error&) {
+  }
+  H5Eclear2(H5E_DEFAULT);
+  return "is not an llmqs-dist checkpoint (an HDF5 file without @schema \"" + std::string(kCheckpointSchema) + "\")";
 }
 
 Checkpoint read_checkpoint(const std::string& path) {

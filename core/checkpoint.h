@@ -36,8 +36,21 @@ inline constexpr int kCheckpointSchemaVersion = 1;
 
 // Rank 0 only. Writes <path>.tmp.<pid>, flushes (H5Fflush + fsync), renames: complete or absent.
 // Throws std::invalid_argument when sizes disagree with the model config (nothing is written) and
-// std::runtime_error naming the path when the file system fails (no file and no tmp are left).
+// std::runtime_error naming the path when the file system fails (no file and no tmp are left) or
+// when something that is not a checkpoint holds `path` (checkpoint_destination_problem; it is
+// left as it was).
 void write_checkpoint(const std::string& path, const Checkpoint& checkpoint);
+
+// "" when `path` does not exist or holds an llmqs-dist checkpoint (an HDF5 file whose root
+// @schema is ours), which a new checkpoint may replace; otherwise what is there instead ("is a
+// directory", "is a symbolic link", "is not an llmqs-dist checkpoint (...)"), which it may not.
+std::string checkpoint_destination_problem(const std::string& path);
+
+// Test hook, off unless the environment sets LLMQS_TEST_HOOK_CHECKPOINT_WRITE_PAUSE_MS=N: every
+// checkpoint write then pauses N ms half-way (half of the file written to <path>.tmp.<pid>), printing
+// "llmqs-dist: test hook: pausing N ms inside the write of <tmp>" to stderr first, so that a
+// crash test (tests/resume/random_sigkill.py) can land SIGKILL inside a write.
+inline constexpr const char* kTestHookCheckpointWritePauseMs = "LLMQS_TEST_HOOK_CHECKPOINT_WRITE_PAUSE_MS";
 
 // Validates schema name/version, every dataset's shape against the model config, sizes; throws
 // std::runtime_error naming the file (and the dataset or attribute) on any mismatch.

@@ -5,10 +5,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -26,6 +28,7 @@
 #include "core/cuda_backend.h"
 #include "core/device_memory.h"
 #include "core/optimizer.h"
+#include "core/output_dir.h"
 #include "core/parameters.h"
 #include "core/progress_log.h"
 #include "core/tensorboard_writer.h"
@@ -233,6 +236,25 @@ class StopSignalHandlers {
  private:
   struct sigaction previous_term_ {};
   struct sigaction previous_int_ {};
+};
+
+// A file size limit (ulimit -f, RLIMIT_FSIZE) would otherwise kill the process with SIGXFSZ
+// and a core dump in the middle of a checkpoint write; ignored, the write fails with EFBIG and
+// the run stops with a message, like on a full disk.
+class FileSizeSignalIgnored {
+ public:
+  FileSizeSignalIgnored() {
+    struct sigaction ignore {};
+    ignore.sa_handler = SIG_IGN;
+    sigemptyset(&ignore.sa_mask);
+    sigaction(SIGXFSZ, &ignore, &previous_);
+  }
+  ~FileSizeSignalIgnored() { sigaction(SIGXFSZ, &previous_, nullptr); }
+  FileSizeSignalIgnored(const FileSizeSignalIgnored&) = delete;
+  FileSizeSignalIgnored& operator=(const FileSizeSignalIgnored&) = delete;
+
+ private:
+  struct sigaction previous_ {};
 };
 
 const char* signal_name(int signal_number) {
@@ -511,7 +533,14 @@ Trainer::Trainer(TrainConfig config, comm::Communicator& comm, std::unique_ptr<B
   config_.resolve_vocab_size(tokenizer_->vocab_size());
   config_.model.pad_token_id = tokenizer_->pad_id();
   config_.model.validate();
-  // Before reading the data (minutes for the full Yelp set): a batch that cannot fit is refused now.
+  // Before reading the data (minutes for the full Yelp set): an output_dir that cannot take a
+  // checkpoint and a batch that cannot fit are refused now.
+  if (comm_.rank() == 0) {
+    const ParameterLayout layout = ParameterLayout::for_bert(config_.model);
+    output_dir_note_ = check_output_dir(
+        config_.output_dir, estimated_checkpoint_bytes(layout.total_numel(), layout.parameters().size(),
+                                                       /*with_optimizer=*/true, tokenizer_->tokens(), 0));
+  }
   if (!backend && config_.device == "cuda") check_cuda_memory(config_);
 
   train_data_ = load_checked(config_, config_.train_file, *tokenizer_);
@@ -837,27 +866,49 @@ void Trainer::log_scalars(int64_t step, const std::vector<std::pair<std::string,
   tensorboard_->flush();  // a crash or a pre-emption loses nothing that was logged
 }
 
+void Trainer::agree_on_output(const std::string& problem, const char* what) {
+  int64_t failed = problem.empty() ? 0 : 1;
+  watchdog_->enter(what, state_.global_step);
+  comm_.all_reduce_sum_host(&failed, 1);
+  watchdog_->leave();
+  if (failed != 0) throw OutputFault(comm_.rank() == 0 ? problem : "");
+}
+
 std::string Trainer::save_checkpoint() {
   last_saved_step_ = state_.global_step;
-  // Every replica holds the same weights; rank 0 alone writes them.
+  // Every replica holds the same weights; rank 0 alone writes them, and tells the others whether
+  // that worked, so a full disk stops every rank with one message instead of an abort.
+  std::string path, problem;
+  if (comm_.rank() == 0) {
+    path = checkpoint_path(config_.output_dir, state_.global_step);
+    try {
+      Checkpoint checkpoint;
+      checkpoint.model = config_.model;
+      const size_t numel = backend_->layout().total_numel();
+      checkpoint.parameters.resize(numel);
+      checkpoint.adam_m.resize(numel);
+      checkpoint.adam_v.resize(numel);
+      backend_->get_parameters(checkpoint.parameters.data());
+      backend_->get_optimizer_state(checkpoint.adam_m.data(), checkpoint.adam_v.data());
+      checkpoint.trainer = state_;
+      checkpoint.config_ini = config_.config_ini;
+      checkpoint.tokenizer.vocab = tokenizer_->tokens();
+      checkpoint.tokenizer.do_lower_case = config_.do_lower_case;
+      checkpoint.tokenizer.max_length = config_.max_length;
+      checkpoint.tokenizer.label_offset = train_data_->info().label_offset;
+      write_checkpoint(path, checkpoint);
+      // Only after the new checkpoint is complete: a failed write never costs an older one.
+      rotate_checkpoints(config_.output_dir, config_.save_total_limit, state_.best_checkpoint);
+    } catch (const std::exception& e) {
+      problem = std::string(e.what()) + "; training stopped at step " + std::to_string(state_.global_step) + ", " +
+                (last_checkpoint_.empty()
+                     ? std::string("no earlier checkpoint exists")
+                     : "the last complete checkpoint is " + last_checkpoint_ +
+                           " (untouched; continue from it with --resume_from_checkpoint auto once the problem is fixed)");
+    }
+  }
+  agree_on_output(problem, "waiting for rank 0 to write a checkpoint");
   if (comm_.rank() != 0) return "";
-  Checkpoint checkpoint;
-  checkpoint.model = config_.model;
-  const size_t numel = backend_->layout().total_numel();
-  checkpoint.parameters.resize(numel);
-  checkpoint.adam_m.resize(numel);
-  checkpoint.adam_v.resize(numel);
-  backend_->get_parameters(checkpoint.parameters.data());
-  backend_->get_optimizer_state(checkpoint.adam_m.data(), checkpoint.adam_v.data());
-  checkpoint.trainer = state_;
-  checkpoint.config_ini = config_.config_ini;
-  checkpoint.tokenizer.vocab = tokenizer_->tokens();
-  checkpoint.tokenizer.do_lower_case = config_.do_lower_case;
-  checkpoint.tokenizer.max_length = config_.max_length;
-  checkpoint.tokenizer.label_offset = train_data_->info().label_offset;
-  const std::string path = checkpoint_path(config_.output_dir, state_.global_step);
-  write_checkpoint(path, checkpoint);
-  rotate_checkpoints(config_.output_dir, config_.save_total_limit, state_.best_checkpoint);
   last_checkpoint_ = path;
   return path;
 }
@@ -873,7 +924,8 @@ void refuse_earlier_runs_checkpoints(const TrainConfig& config) {
   int count = 0;
   for (const auto& entry : fs::directory_iterator(config.output_dir, ec)) {
     const int64_t step = checkpoint_step_from_name(entry.path().filename().string());
-    if (step < 0) continue;
+    // Anything else under such a name is not a checkpoint: the output_dir checks name it.
+    if (step < 0 || !entry.is_regular_file(ec)) continue;
     ++count;
     newest = std::max(newest, step);
   }
@@ -891,6 +943,7 @@ TrainSummary Trainer::train() {
   const int rank = comm_.rank();
   const int world = comm_.world_size();
   StopSignalHandlers stop_handlers;
+  FileSizeSignalIgnored file_size_signal;
   clear_stop_request();
   const std::string resume_from = resume_checkpoint_path();
   if (!resume_from.empty()) {
@@ -913,25 +966,31 @@ TrainSummary Trainer::train() {
   state_.loss_scale = scaler_.scale();
   state_.loss_scale_good_steps = scaler_.good_steps();
   state_.precision = config_.precision;
-  if (rank == 0) {
-    std::error_code error;
-    fs::create_directories(config_.output_dir, error);
-    if (error || !fs::is_directory(config_.output_dir))
-      throw std::runtime_error("output_dir: cannot create " + config_.output_dir + ": " + error.message());
-    tensorboard_ = std::make_unique<TensorBoardWriter>((fs::path(config_.output_dir) / "runs").string());
-  }
-  comm_.barrier();
   const std::string metrics_path = (fs::path(config_.output_dir) / "metrics.jsonl").string();
-  if (!resume_from.empty() && rank == 0) {
-    // The history up to the checkpoint, not what an interrupted run logged after it.
-    const std::string tmp = metrics_path + ".tmp." + std::to_string(::getpid());
-    {
-      std::ofstream out(tmp, std::ios::trunc);
-      for (const auto& line : state_.log_history) out << line << '\n';
-      if (!out) throw std::runtime_error(metrics_path + ": cannot write");
+  // Rank 0 prepares output_dir; every rank learns the outcome (no rank is left waiting).
+  std::vector<std::string> output_notes;
+  std::string output_problem;
+  if (rank == 0) {
+    try {
+      output_notes = prepare_output_dir_for_steps(config_.output_dir, state_.global_step, state_.max_steps);
+      tensorboard_ = std::make_unique<TensorBoardWriter>((fs::path(config_.output_dir) / "runs").string());
+      if (!resume_from.empty()) {
+        // The history up to the checkpoint, not what an interrupted run logged after it.
+        const std::string tmp = temporary_path(metrics_path);
+        std::ofstream out(tmp, std::ios::trunc);
+        for (const auto& line : state_.log_history) out << line << '\n';
+        out.close();
+        if (!out || std::rename(tmp.c_str(), metrics_path.c_str()) != 0) {
+          const std::string reason = std::strerror(errno);
+          std::remove(tmp.c_str());
+          throw std::runtime_error(metrics_path + ": cannot write the log history of " + resume_from + ": " + reason);
+        }
+      }
+    } catch (const std::exception& e) {
+      output_problem = e.what();
     }
-    fs::rename(tmp, metrics_path);
   }
+  agree_on_output(output_problem, "preparing output_dir");
   ProgressLog log(rank == 0, metrics_path, /*append=*/!resume_from.empty());
   if (!resume_from.empty())
     log.message("resumed from " + resume_from + " at step " + std::to_string(state_.global_step) + " (epoch " +
@@ -943,6 +1002,8 @@ TrainSummary Trainer::train() {
   const int64_t total = state_.max_steps;
   if (!device_note_.empty()) log.message(device_note_);
   log.message(describe_device(config_.device, config_.precision));
+  if (!output_dir_note_.empty()) log.message(output_dir_note_);
+  for (const auto& note : output_notes) log.message(note);
   log.message("train: " + std::to_string(train_data_->size()) + " examples on " + std::to_string(world) +
               " rank(s) | device " + config_.device + " " + config_.precision + " | global batch " +
               std::to_string(state_.global_batch_size) + " | " + std::to_string(steps_per_epoch_) +

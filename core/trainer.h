@@ -121,6 +121,16 @@ class NumericalFault : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A problem with output_dir or a file the run writes there (not writable, full, over the file
+// size limit, a checkpoint name taken by something that is not a checkpoint), found by rank 0 and
+// made known to every rank by one all-reduce: rank 0's what() is the message (naming the path and,
+// for a failed save, the last complete checkpoint, which stays as it was); the other ranks' is
+// empty. Every rank stops at the same point, so no abort is needed.
+class OutputFault : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 // ---- pre-emption: SIGTERM / SIGINT ---------------------------------------------------------------
 
 // While Trainer::train() runs, the first SIGTERM or SIGINT only sets a flag: the ranks agree on
@@ -218,10 +228,11 @@ struct TrainSummary {
 
 class Trainer {
  public:
-  // Validates the configuration, reads the tokenizer and both datasets (refusing labels beyond
-  // num_labels) and builds the backend; creates nothing on disk and calls no collective, so a
-  // rank that fails here cannot leave the others waiting. `backend` may be given (tests);
-  // otherwise make_backend picks it.
+  // Validates the configuration, checks output_dir (rank 0, check_output_dir: writable, room for
+  // a checkpoint; before the datasets are read), reads the tokenizer and both datasets (refusing
+  // labels beyond num_labels) and builds the backend; creates nothing on disk and calls no
+  // collective, so a rank that fails here cannot leave the others waiting. `backend` may be given
+  // (tests); otherwise make_backend picks it.
   Trainer(TrainConfig config, comm::Communicator& comm, std::unique_ptr<Backend> backend = nullptr);
   ~Trainer();
   Trainer(const Trainer&) = delete;
@@ -230,7 +241,9 @@ class Trainer {
   // Collective: rank 0's seeded initialisation, broadcast to every replica (train() calls it
   // when it has not run yet).
   void initialize_parameters();
-  // Creates output_dir, runs the loop to the last step, evaluates, writes the final checkpoint.
+  // Prepares output_dir (prepare_output_dir_for_steps), runs the loop to the last step,
+  // evaluates, writes the final checkpoint. Throws OutputFault on every rank when output_dir
+  // cannot take the run's files, NumericalFault on a non-finite loss or gradient.
   TrainSummary train();
   // Every rank evaluates its slice of validation_file; all ranks get the global metrics.
   EvalMetrics evaluate_validation();
@@ -248,7 +261,10 @@ class Trainer {
   StepResult train_step(StepBatches& batches);
   // Evaluates and logs; true when metric_for_best_model improved (a checkpoint of this step is due).
   bool run_evaluation(ProgressLog& log);
+  // Collective: rank 0 writes, then every rank throws OutputFault if that failed.
   std::string save_checkpoint();
+  // Collective: throws OutputFault on every rank when rank 0's `problem` is not empty.
+  void agree_on_output(const std::string& problem, const char* what);
   void log_scalars(int64_t step, const std::vector<std::pair<std::string, float>>& scalars);
   // resume_from_checkpoint resolved: "" for a fresh start.
   std::string resume_checkpoint_path() const;
@@ -266,6 +282,7 @@ class Trainer {
   int64_t steps_per_epoch_ = 0;
   int64_t warmup_steps_ = 0;
   std::string device_note_;  // why `auto` chose the device, shown once by rank 0
+  std::string output_dir_note_;  // rank 0: output_dir's free space against a checkpoint's size
   bool parameters_initialized_ = false;
   bool has_final_eval_ = false;
   EvalMetrics last_eval_;

@@ -54,6 +54,10 @@ int run_train(int argc, char** argv) {
     // Every rank saw the same all-reduced values and stopped at the same step: no abort needed.
     if (comm->rank() == 0) std::cerr << "llmqs-dist: error: " << fault.what() << "\n";
     return kNumericalFaultExit;
+  } catch (const core::OutputFault& fault) {
+    // output_dir failed rank 0 (full disk, not writable, ...): every rank knows, none waits.
+    if (comm->rank() == 0) std::cerr << "llmqs-dist: error: " << fault.what() << "\n";
+    return 1;
   } catch (...) {
     fail_collective(*comm, std::current_exception());
   }

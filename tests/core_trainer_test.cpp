@@ -6,8 +6,10 @@
 // overflows, a skipped step when something does), numerical faults, metric_for_best_model with
 // checkpoint rotation; and device selection, checkpoint vocabularies, the position limit.
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -628,6 +630,59 @@ TEST_F(TrainerTest, Fp16ResumeDoublesTheLossScaleAtTheSameStepAsAnUninterruptedR
   const auto lb = training_entries(read_jsonl(fs::path(resumed.output_dir) / "metrics.jsonl"));
   ASSERT_EQ(la.size(), lb.size());
   for (size_t i = 0; i < la.size(); ++i) EXPECT_EQ(la[i]["loss_scale"], lb[i]["loss_scale"]) << "entry " << i;
+}
+
+// ---- a full disk at save time ---------------------------------------------------------------------
+
+TEST_F(TrainerTest, ASaveThatFailsStopsTheRunNamesTheLastCheckpointAndResumeFinishesTheSame) {
+  // The file size limit (EFBIG) stands in for a full disk (ENOSPC): both are write() errors.
+  LoneCommunicator comm;
+  core::TrainConfig config = tiny_config("full");
+  config.validation_file.clear();
+  config.max_steps = 10;
+  config.save_steps = 2;
+  config.model.vocab_size = 17;
+  core::TrainConfig reference = config;
+  reference.output_dir = (dir_ / "reference").string();
+  core::Trainer straight(reference, comm);
+  straight.train();
+
+  struct rlimit saved {};
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &saved), 0);
+  auto backend = hooked(config);
+  backend->after_backward = [&](int64_t call, core::BatchStats&, float*, size_t) {
+    if (call != 4) return;  // step 5: the disk "fills up" after checkpoint-4.h5
+    struct rlimit low = saved;
+    low.rlim_cur = 20'000;
+    ::setrlimit(RLIMIT_FSIZE, &low);
+  };
+  core::Trainer full(config, comm, std::move(backend));
+  std::string message;
+  try {
+    full.train();
+  } catch (const core::OutputFault& e) {
+    message = e.what();
+  }
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &saved), 0);
+  const std::string six = core::checkpoint_path(config.output_dir, 6), four = core::checkpoint_path(config.output_dir, 4);
+  EXPECT_NE(message.find(six + ": cannot write the checkpoint"), std::string::npos) << message;
+  EXPECT_NE(message.find("File too large"), std::string::npos) << message;
+  EXPECT_NE(message.find("training stopped at step 6, the last complete checkpoint is " + four), std::string::npos)
+      << message;
+  std::vector<std::string> files;
+  for (const auto& entry : fs::directory_iterator(config.output_dir))
+    if (entry.is_regular_file()) files.push_back(entry.path().filename().string());
+  std::sort(files.begin(), files.end());
+  EXPECT_EQ(files, (std::vector<std::string>{"checkpoint-2.h5", "checkpoint-4.h5", "metrics.jsonl"}));
+  EXPECT_EQ(core::read_checkpoint_summary(four).trainer.global_step, 4);
+
+  // Space again: resume auto continues from checkpoint-4.h5 to the uninterrupted run's weights.
+  core::TrainConfig again = config;
+  again.resume_from_checkpoint = "auto";
+  core::Trainer resumed(again, comm);
+  resumed.train();
+  EXPECT_EQ(resumed.state().global_step, 10);
+  EXPECT_EQ(parameters_of(straight), parameters_of(resumed));
 }
 
 // ---- numerical faults -----------------------------------------------------------------------------
