@@ -13,6 +13,8 @@
 #include <stdexcept>
 #include <utility>
 
+#include "data/hdf5_guard.h"
+
 namespace llmqs::data {
 
 namespace {
@@ -196,6 +198,12 @@ Hid open_dataset(hid_t file, const char* name, hsize_t expected_size, const char
                              " values but the attributes say " + std::to_string(expected_size) + " (" +
                              expected_from + "): the cache is damaged, rebuild it with llmqs-dist prepare");
   }
+  // The size above came from the file: it must also be what the file stores, before anything is
+  // allocated for it.
+  const std::string storage = dataset_storage_problem(dataset.get());
+  if (!storage.empty()) {
+    throw std::runtime_error(path + ": dataset /" + name + " " + storage + "; rebuild it with llmqs-dist prepare");
+  }
   return dataset;
 }
 
@@ -304,6 +312,7 @@ struct TokenCacheReader::Handles {
 
 TokenCacheReader::TokenCacheReader(const std::string& path) : path_(path), handles_(std::make_unique<Handles>()) {
   silence_hdf5_errors();
+  disable_hdf5_plugins();
   std::error_code error;
   if (!fs::exists(path, error)) {
     throw std::runtime_error(path + ": no such token cache (build one with llmqs-dist prepare --input FILE --vocab FILE "
@@ -325,6 +334,10 @@ TokenCacheReader::TokenCacheReader(const std::string& path) : path_(path), handl
   const hid_t root = handles_->file.get();
 
   info_.schema = read_string_attribute(root, "schema", path);
+  if (info_.schema == "llmqs-dist-checkpoint") {
+    throw std::runtime_error(path + ": not an llmqs token cache: it is a checkpoint (give it as --init_from, "
+                             "--resume_from_checkpoint or --checkpoint)");
+  }
   if (info_.schema != kTokenCacheSchema) {
     throw std::runtime_error(path + ": schema is '" + info_.schema + "', expected '" + kTokenCacheSchema +
                              "': not an llmqs token cache");
@@ -348,6 +361,14 @@ TokenCacheReader::TokenCacheReader(const std::string& path) : path_(path), handl
   if (info_.num_examples < 0 || info_.num_tokens < 0) {
     throw std::runtime_error(path + ": negative num_examples or num_tokens attribute: the cache is damaged");
   }
+  // prepare writes max_length >= 2 and at least one label; other values would switch off the
+  // length and label checks below.
+  if (info_.max_length < 2 || info_.num_labels < 1 || info_.vocab_size < 0 || info_.label_offset < 0) {
+    throw std::runtime_error(path + ": attribute max_length " + std::to_string(info_.max_length) + ", num_labels " +
+                             std::to_string(info_.num_labels) + ", vocab_size " + std::to_string(info_.vocab_size) +
+                             " or label_offset " + std::to_string(info_.label_offset) +
+                             " is out of range: the cache is damaged, rebuild it with llmqs-dist prepare");
+  }
 
   const auto n = static_cast<hsize_t>(info_.num_examples);
   {
@@ -370,14 +391,14 @@ TokenCacheReader::TokenCacheReader(const std::string& path) : path_(path), handl
   lengths_.resize(n);
   for (size_t i = 0; i < n; ++i) {
     const int64_t length = offsets_[i + 1] - offsets_[i];
-    if (length < 0 || (info_.max_length > 0 && length > info_.max_length)) {
+    if (length < 0 || length > info_.max_length) {
       throw std::runtime_error(path + ": example " + std::to_string(i) + " has " + std::to_string(length) +
                                " tokens (max_length " + std::to_string(info_.max_length) + "): the cache is damaged");
     }
     lengths_[i] = static_cast<int32_t>(length);
   }
   for (size_t i = 0; i < n; ++i) {
-    if (labels_[i] < 0 || (info_.num_labels > 0 && labels_[i] >= info_.num_labels)) {
+    if (labels_[i] < 0 || labels_[i] >= info_.num_labels) {
       throw std::runtime_error(path + ": example " + std::to_string(i) + " has label " + std::to_string(labels_[i]) +
                                " outside 0.." + std::to_string(info_.num_labels - 1) + ": the cache is damaged");
     }
@@ -385,6 +406,35 @@ TokenCacheReader::TokenCacheReader(const std::string& path) : path_(path), handl
 }
 
 TokenCacheReader::~TokenCacheReader() = default;
+
+void TokenCacheReader::check_token_ids(int32_t vocab_size, const std::string& vocab_name) {
+  silence_hdf5_errors();
+  // One sequential pass in blocks of 4 MiB: about 0.1 s per 100 M ids from the page cache.
+  constexpr hsize_t kBlock = hsize_t{1} << 20;
+  const auto total = static_cast<hsize_t>(info_.num_tokens);
+  std::vector<int32_t> ids(static_cast<size_t>(std::min(kBlock, total)));
+  Hid file_space = checked(H5Dget_space(handles_->tokens.get()), H5Sclose, path_, "dataset /tokens");
+  for (hsize_t start = 0; start < total; start += kBlock) {
+    const hsize_t count = std::min(kBlock, total - start);
+    if (H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, &start, nullptr, &count, nullptr) < 0) {
+      fail(path_, "cannot select /tokens");
+    }
+    Hid memory_space = checked(H5Screate_simple(1, &count, nullptr), H5Sclose, path_, "cannot create a dataspace");
+    if (H5Dread(handles_->tokens.get(), H5T_NATIVE_INT32, memory_space.get(), file_space.get(), H5P_DEFAULT,
+                ids.data()) < 0) {
+      fail(path_, "cannot read /tokens (truncated or corrupt file?)");
+    }
+    const auto end = ids.begin() + static_cast<std::ptrdiff_t>(count);
+    const auto bad = std::find_if(ids.begin(), end, [vocab_size](int32_t id) { return id < 0 || id >= vocab_size; });
+    if (bad == end) continue;
+    const int64_t position = static_cast<int64_t>(start) + (bad - ids.begin());
+    const int64_t example = std::upper_bound(offsets_.begin(), offsets_.end(), position) - offsets_.begin() - 1;
+    throw std::runtime_error(path_ + ": example " + std::to_string(example) + " holds token id " +
+                             std::to_string(*bad) + ", outside the vocabulary of " + vocab_name + " (" +
+                             std::to_string(vocab_size) + " tokens): the cache is damaged, rebuild it with "
+                             "llmqs-dist prepare");
+  }
+}
 
 void TokenCacheReader::read(const std::vector<int64_t>& indices, std::vector<std::vector<int32_t>>& out) {
   silence_hdf5_errors();

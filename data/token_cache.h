@@ -79,6 +79,11 @@ class TokenCacheReader {
   // examples are merged into runs of consecutive ids and read as a union of hyperslabs.
   void read(const std::vector<int64_t>& indices, std::vector<std::vector<int32_t>>& out);
 
+  // Reads every id once (sequentially, 4 MiB at a time) and throws std::runtime_error naming the
+  // file, the example and the id when one is outside [0, vocab_size). A cache whose vocabulary
+  // hash matches still needs this: the hash covers the vocabulary, not the ids stored with it.
+  void check_token_ids(int32_t vocab_size, const std::string& vocab_name);
+
  private:
   struct Handles;
   std::string path_;

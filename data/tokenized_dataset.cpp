@@ -76,6 +76,7 @@ class CachedTokenizedDataset final : public TokenizedDataset {
   void read(const std::vector<int64_t>& indices, std::vector<std::vector<int32_t>>& out) override {
     reader_.read(indices, out);
   }
+  TokenCacheReader& reader() { return reader_; }
 
  private:
   TokenCacheReader reader_;
@@ -201,10 +202,13 @@ std::unique_ptr<TokenizedDataset> load_tokenized(const std::string& path, const 
     return make_in_memory_dataset(tokenize_rows(data, tokenizer, max_length),
                                   describe_tokenization(data, tokenizer, max_length, options.num_labels));
   }
-  auto dataset = open_token_cache(path);
+  auto dataset = std::make_unique<CachedTokenizedDataset>(path);
   const TokenCacheInfo& info = dataset->info();
   check_token_cache_matches(path, info, tokenizer.vocab_hash(), tokenizer.do_lower_case(), max_length,
                             tokenizer.source_path());
+  // Before training starts (and writes its first output): an id the embedding table does not
+  // have would otherwise stop the run at the batch that holds it.
+  dataset->reader().check_token_ids(tokenizer.vocab_size(), tokenizer.source_path());
   if (options.label_offset >= 0 && options.label_offset != info.label_offset) {
     throw std::runtime_error(path + ": token cache labels were shifted by label_offset " +
                              std::to_string(info.label_offset) + " but this run asks for label_offset " +

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <functional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "data/dataset_reader.h"
@@ -404,4 +405,72 @@ TEST(LoadTokenized, CsvAndCacheAgreeAndMismatchesAreRefused) {
   three_labels.num_labels = 3;
   const std::string labels = error_of([&] { load_tokenized(cache, three_labels, tokenizer, max_length); });
   EXPECT_TRUE(contains(labels, "has label 4 but num_labels is 3")) << labels;
+}
+
+TEST(TokenCache, IdsOutsideTheVocabularyAreFoundBeforeTraining) {
+  TempDir dir;
+  // 3 examples over more than one 2^20-id scan block, so the reported example is located by offset.
+  RaggedTokens data;
+  std::vector<int32_t> ids(700000, 7);
+  data.append(ids.data(), static_cast<int32_t>(ids.size()), 0);
+  data.append(ids.data(), static_cast<int32_t>(ids.size()), 1);
+  ids[123] = 30522;  // one past the vocabulary
+  data.append(ids.data(), static_cast<int32_t>(ids.size()), 2);
+  const std::string path = dir.file("ids.h5");
+  write_token_cache(path, sample_info(800000), data);
+  TokenCacheReader reader(path);
+  EXPECT_NO_THROW(reader.check_token_ids(30523, "big_vocab.txt"));
+  const std::string message = error_of([&] { reader.check_token_ids(30522, "vocab.txt"); });
+  EXPECT_TRUE(contains(message, path + ": example 2 holds token id 30522")) << message;
+  EXPECT_TRUE(contains(message, "vocab.txt (30522 tokens)")) << message;
+
+  RaggedTokens negative;
+  const int32_t row[] = {2, -5, 3};
+  negative.append(row, 3, 0);
+  const std::string negative_path = dir.file("negative.h5");
+  write_token_cache(negative_path, sample_info(16), negative);
+  const std::string refused = error_of([&] { TokenCacheReader(negative_path).check_token_ids(100, "v.txt"); });
+  EXPECT_TRUE(contains(refused, "example 0 holds token id -5")) << refused;
+}
+
+TEST(TokenCache, DatasetSizesThatTheFileDoesNotStoreAreRefusedBeforeAllocating) {
+  TempDir dir;
+  const std::string path = dir.file("cache.h5");
+  write_token_cache(path, sample_info(64), random_ragged(100, 64, 2));
+
+  // Replace /labels by a chunked dataset of 2^40 elements that was never written (a few bytes of
+  // metadata), and make the counts agree with it: only the storage check stands in the way.
+  const std::string huge_path = dir.file("huge.h5");
+  fs::copy_file(path, huge_path);
+  {
+    hid_t file = H5Fopen(huge_path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    ASSERT_GE(file, 0);
+    ASSERT_GE(H5Ldelete(file, "labels", H5P_DEFAULT), 0);
+    ASSERT_GE(H5Ldelete(file, "offsets", H5P_DEFAULT), 0);
+    const hsize_t n = hsize_t{1} << 40, chunk = 1 << 16;
+    hid_t create = H5Pcreate(H5P_DATASET_CREATE);
+    H5Pset_chunk(create, 1, &chunk);
+    const hsize_t offsets_size = n + 1;
+    for (const auto& [name, size, type] : {std::tuple<const char*, hsize_t, hid_t>{"offsets", offsets_size, H5T_STD_I64LE},
+                                           {"labels", n, H5T_STD_I32LE}}) {
+      hid_t space = H5Screate_simple(1, &size, nullptr);
+      hid_t dataset = H5Dcreate2(file, name, type, space, H5P_DEFAULT, create, H5P_DEFAULT);
+      ASSERT_GE(dataset, 0);
+      H5Dclose(dataset);
+      H5Sclose(space);
+    }
+    H5Pclose(create);
+    H5Fclose(file);
+  }
+  set_int_attribute(huge_path, "num_examples", int64_t{1} << 40);
+  const std::string message = error_of([&] { TokenCacheReader reader(huge_path); });
+  EXPECT_TRUE(contains(message, huge_path + ": dataset /offsets declares 1099511627777 elements")) << message;
+  EXPECT_TRUE(contains(message, "the file stores 0 bytes")) << message;
+
+  // Compression is fine (prepare --compression writes it): the bound is deflate's 1032:1.
+  const std::string deflated = dir.file("deflated.h5");
+  TokenCacheWriteOptions options;
+  options.compression_level = 9;
+  write_token_cache(deflated, sample_info(64), random_ragged(100, 64, 2), options);
+  EXPECT_NO_THROW(TokenCacheReader reader(deflated));
 }
