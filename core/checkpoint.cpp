@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -20,6 +21,8 @@
 #include <utility>
 
 #include "core/parameters.h"
+#include "data/hdf5_guard.h"
+#include "data/token_cache.h"
 
 namespace fs = std::filesystem;
 
@@ -387,7 +390,14 @@ std::vector<std::string> read_strings(const H5Context& h5, hid_t object, bool is
   if (!file_type.valid() || !space.valid()) h5.fail("cannot inspect " + where);
   if (H5Tget_class(file_type.get()) != H5T_STRING) h5.fail(where + " must hold strings");
   if (H5Sget_simple_extent_ndims(space.get()) > 1) h5.fail(where + " must be a scalar or a 1-D list of strings");
+  if (!is_attribute) {
+    const std::string problem = data::dataset_storage_problem(object);
+    if (!problem.empty()) h5.fail(where + " " + problem);
+  }
   const hssize_t count = H5Sget_simple_extent_npoints(space.get());
+  // HDF5 converts strings only within one character set (ASCII or UTF-8): read in the file's.
+  const H5T_cset_t cset = H5Tget_cset(file_type.get());
+  if (cset != H5T_CSET_ASCII && cset != H5T_CSET_UTF8) h5.fail(where + " has an unknown character set");
   std::vector<std::string> out;
   if (count <= 0) return out;
   out.reserve(static_cast<size_t>(count));
@@ -398,6 +408,7 @@ std::vector<std::string> read_strings(const H5Context& h5, hid_t object, bool is
   };
   if (H5Tis_variable_str(file_type.get()) > 0) {
     Handle memtype = vlen_string_type();
+    H5Tset_cset(memtype.get(), cset);
     std::vector<char*> pointers(static_cast<size_t>(count), nullptr);
     read(memtype.get(), pointers.data());
     for (char* p : pointers) out.emplace_back(p ? p : "");
@@ -407,6 +418,7 @@ std::vector<std::string> read_strings(const H5Context& h5, hid_t object, bool is
     Handle memtype(H5Tcopy(H5T_C_S1), H5Tclose);
     H5Tset_size(memtype.get(), width);
     H5Tset_strpad(memtype.get(), H5T_STR_NULLPAD);
+    H5Tset_cset(memtype.get(), cset);
     std::vector<char> buffer(width * static_cast<size_t>(count), '\0');
     read(memtype.get(), buffer.data());
     for (hssize_t i = 0; i < count; ++i) {
@@ -454,7 +466,23 @@ void read_float_dataset(const H5Context& h5, hid_t group, const ParameterInfo& p
   if (found != p.shape)
     h5.fail("dataset " + where + " has shape " + shape_text(found) + " but the model config (/model_config) gives " +
             shape_text(p.shape));
-  if (out) h5.check(H5Dread(dataset.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out), "cannot read", where);
+  const std::string storage = data::dataset_storage_problem(dataset.get());
+  if (!storage.empty()) h5.fail("dataset " + where + " " + storage);
+  if (!out) return;
+  h5.check(H5Dread(dataset.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out), "cannot read", where);
+  // A NaN or infinity in a weight or moment spreads to every logit at the first step; refuse it
+  // here, where the file and the tensor can still be named (the scan costs ~1% of the read).
+  const float* bad = std::find_if(out, out + p.numel, [](float v) { return !std::isfinite(v); });
+  if (bad != out + p.numel) {
+    std::vector<int64_t> index(p.shape.size());
+    size_t flat = static_cast<size_t>(bad - out);
+    for (size_t d = p.shape.size(); d-- > 0;) {
+      index[d] = static_cast<int64_t>(flat % static_cast<size_t>(p.shape[d]));
+      flat /= static_cast<size_t>(p.shape[d]);
+    }
+    h5.fail("dataset " + where + " holds a non-finite value (" + std::to_string(*bad) + ") at " + shape_text(index) +
+            ": the model diverged before this checkpoint was written, or the file is damaged");
+  }
 }
 
 // Every member of `group` must be a parameter of the layout: a stray dataset means the file
@@ -484,6 +512,7 @@ struct OpenedCheckpoint {
 // everything but the float tensors.
 OpenedCheckpoint open_and_validate(const H5Context& h5, ParameterLayout& layout_out) {
   silence_hdf5();
+  data::disable_hdf5_plugins();
   const std::string& path = h5.path();
   std::error_code ec;
   if (!fs::exists(path, ec)) h5.fail("cannot open checkpoint: no such file");
@@ -503,6 +532,9 @@ OpenedCheckpoint open_and_validate(const H5Context& h5, ParameterLayout& layout_
   const hid_t file = opened.file.get();
   if (H5Aexists(file, "schema") <= 0) h5.fail("not an llmqs-dist checkpoint: root attribute 'schema' is missing");
   const std::string schema = read_string_attribute(h5, file, "schema", "/");
+  if (schema == data::kTokenCacheSchema)
+    h5.fail("not an llmqs-dist checkpoint: it is a token cache (made by llmqs-dist prepare); give it as "
+            "--train_file or --validation_file");
   if (schema != kCheckpointSchema)
     h5.fail("not an llmqs-dist checkpoint: schema is '" + schema + "', expected '" + kCheckpointSchema + "'");
   const int64_t version = read_int_attribute(h5, file, "schema_version", "/");
@@ -581,6 +613,28 @@ OpenedCheckpoint open_and_validate(const H5Context& h5, ParameterLayout& layout_
     t.best_metric = read_numeric_attribute<double>(h5, g, "best_metric", H5T_NATIVE_DOUBLE, w);
     t.best_checkpoint = read_string_attribute(h5, g, "best_checkpoint", w);
     if (t.global_step < 0) h5.fail("/trainer@global_step is negative");
+    // Resume indexes the sampler and divides by these: each must hold what a run can write.
+    auto within = [&](const char* key, int64_t value, int64_t low, int64_t high, const char* high_name) {
+      if (value >= low && value <= high) return;
+      const std::string name = key[0] == '/' ? key : "/trainer@" + std::string(key);
+      h5.fail(name + " " + std::to_string(value) +
+              (*high_name ? " is outside [" + std::to_string(low) + ", " + high_name + " " + std::to_string(high) + "]"
+                          : " is below " + std::to_string(low)));
+    };
+    within("max_steps", t.max_steps, 0, INT64_MAX, "");
+    within("samples_seen", t.samples_seen, 0, INT64_MAX, "");
+    within("sampler_epoch", t.sampler_epoch, 0, t.global_step, "global_step");
+    within("sampler_position", t.sampler_position, 0, t.global_step, "global_step");
+    within("skipped_steps", t.skipped_steps, 0, t.global_step, "global_step");
+    within("world_size", t.world_size, 1, INT32_MAX, "");
+    within("global_batch_size", t.global_batch_size, 0, INT64_MAX, "");
+    if (t.global_batch_size % t.world_size != 0)
+      h5.fail("/trainer@global_batch_size " + std::to_string(t.global_batch_size) + " is not a multiple of world_size " +
+              std::to_string(t.world_size));
+    if (!std::isfinite(t.epoch) || t.epoch < 0) h5.fail("/trainer@epoch " + std::to_string(t.epoch) + " is not a finite non-negative number");
+    if (!std::isfinite(t.loss_scale) || t.loss_scale < 0)
+      h5.fail("/trainer@loss_scale " + std::to_string(t.loss_scale) + " is not a finite non-negative number");
+    if (s.has_optimizer_state) within("/optimizer@step", s.optimizer_step, 0, t.global_step, "global_step");
     const std::vector<std::string> ini = read_string_dataset(h5, g, "config_ini", "/trainer/config_ini");
     s.config_ini = ini.empty() ? "" : ini[0];
     if (ini.size() > 1) h5.fail("/trainer/config_ini must be one string");
@@ -593,6 +647,13 @@ OpenedCheckpoint open_and_validate(const H5Context& h5, ParameterLayout& layout_
     tok.do_lower_case = read_int_attribute(h5, group.get(), "do_lower_case", w) != 0;
     tok.max_length = read_int32_attribute(h5, group.get(), "max_length", w);
     tok.label_offset = read_int32_attribute(h5, group.get(), "label_offset", w);
+    if (tok.max_length < 2 || tok.max_length > s.model.max_position_embeddings)
+      h5.fail("/tokenizer@max_length " + std::to_string(tok.max_length) + " is outside [2, max_position_embeddings " +
+              std::to_string(s.model.max_position_embeddings) + "]");
+    // predicted_label = class + label_offset must stay an int.
+    if (tok.label_offset < 0 || tok.label_offset > INT32_MAX - s.model.num_labels)
+      h5.fail("/tokenizer@label_offset " + std::to_string(tok.label_offset) + " is outside [0, " +
+              std::to_string(INT32_MAX - s.model.num_labels) + "]");
     tok.vocab = read_string_dataset(h5, group.get(), "vocab", "/tokenizer/vocab");
     if (tok.vocab.size() > static_cast<size_t>(s.model.vocab_size))
       h5.fail("/tokenizer/vocab holds " + std::to_string(tok.vocab.size()) +

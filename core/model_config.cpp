@@ -1,5 +1,6 @@
 #include "core/model_config.h"
 
+#include <cmath>
 #include <stdexcept>
 #include <string>
 
@@ -29,7 +30,31 @@ void BertConfig::validate() const {
   probability(hidden_dropout_prob, "hidden_dropout_prob");
   probability(attention_probs_dropout_prob, "attention_probs_dropout_prob");
   if (classifier_dropout >= 0.0f) probability(classifier_dropout, "classifier_dropout");
-  if (!(layer_norm_eps > 0.0f)) throw std::invalid_argument("layer_norm_eps must be positive");
+  if (!(layer_norm_eps > 0.0f) || !std::isfinite(layer_norm_eps))
+    throw std::invalid_argument("layer_norm_eps must be positive and finite");
+  if (!(initializer_range >= 0.0f) || !std::isfinite(initializer_range))
+    throw std::invalid_argument("initializer_range must be non-negative and finite, got " +
+                                std::to_string(initializer_range));
+  // Upper bounds: these numbers also arrive from files (checkpoints, config.json), and the
+  // parameter layout is built from them before any tensor is read. Far above any BERT (bert-large
+  // has 24 layers and 335 M parameters), far below what would overflow or exhaust memory.
+  if (num_hidden_layers > kMaxHiddenLayers)
+    throw std::invalid_argument("num_hidden_layers must be at most " + std::to_string(kMaxHiddenLayers) + ", got " +
+                                std::to_string(num_hidden_layers));
+  const double parameters = parameter_count_estimate();
+  if (parameters > static_cast<double>(kMaxParameters))
+    throw std::invalid_argument("the model would have " + std::to_string(static_cast<int64_t>(parameters)) +
+                                " parameters, more than the limit of " + std::to_string(kMaxParameters) +
+                                " (vocab_size " + std::to_string(vocab_size) + ", hidden_size " +
+                                std::to_string(hidden_size) + ", intermediate_size " + std::to_string(intermediate_size) +
+                                ", num_hidden_layers " + std::to_string(num_hidden_layers) + ")");
+}
+
+double BertConfig::parameter_count_estimate() const {
+  const double H = hidden_size, I = intermediate_size;
+  const double embeddings = (static_cast<double>(vocab_size) + max_position_embeddings + type_vocab_size + 2) * H;
+  const double layer = 4 * (H * H + H) + 2 * H * I + I + H + 4 * H;
+  return embeddings + num_hidden_layers * layer + H * H + H + static_cast<double>(num_labels) * (H + 1);
 }
 
 }  // namespace llmqs::core

@@ -27,8 +27,14 @@ struct BertConfig {
   float classifier_dropout_prob() const {
     return classifier_dropout >= 0.0f ? classifier_dropout : hidden_dropout_prob;
   }
-  // Throws std::invalid_argument naming the field when the shape is inconsistent.
+  // Throws std::invalid_argument naming the field when the shape is inconsistent or beyond the
+  // limits below.
   void validate() const;
+  // Parameters of BertForSequenceClassification, in double (no overflow for any int fields).
+  double parameter_count_estimate() const;
+
+  static constexpr int kMaxHiddenLayers = 1024;
+  static constexpr int64_t kMaxParameters = int64_t{1} << 34;  // 17 G: 69 GB of fp32 weights alone
 };
 
 }  // namespace llmqs::core
