@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -463,6 +464,23 @@ data::WordPieceTokenizer tokenizer_from_vocabulary(const std::vector<std::string
   return data::WordPieceTokenizer::from_tokens(vocab, do_lower_case, checkpoint + " (/tokenizer/vocab)");
 }
 
+// A --vocab given next to a checkpoint must be the vocabulary the checkpoint was trained with
+// (when it stores one): with any other, token ids index embedding rows that learned other words.
+void check_same_vocabulary(const std::string& option, const std::string& checkpoint,
+                           const std::vector<std::string>& stored, const data::WordPieceTokenizer& tokenizer) {
+  const std::vector<std::string>& given = tokenizer.tokens();
+  if (stored.empty() || stored == given) return;
+  size_t id = 0;
+  while (id < stored.size() && id < given.size() && stored[id] == given[id]) ++id;
+  std::string first_difference;
+  if (id < stored.size() && id < given.size())
+    first_difference = "; id " + std::to_string(id) + " is '" + stored[id] + "' there and '" + given[id] + "' here";
+  throw std::invalid_argument(option + ": " + checkpoint + " was trained with another vocabulary than --vocab " +
+                              tokenizer.source_path() + " (" + std::to_string(stored.size()) + " vs " +
+                              std::to_string(given.size()) + " tokens" + first_difference +
+                              "): the token ids would mean other words; leave out --vocab to use the checkpoint's");
+}
+
 }  // namespace
 
 EvalMetrics evaluate_checkpoint(const std::string& checkpoint_file, TrainConfig config, const TokenizerOverrides& overrides,
@@ -481,6 +499,7 @@ EvalMetrics evaluate_checkpoint(const std::string& checkpoint_file, TrainConfig 
   const data::WordPieceTokenizer tokenizer =
       overrides.vocab ? data::WordPieceTokenizer::from_file(config.vocab, config.do_lower_case)
                       : tokenizer_from_vocabulary(checkpoint.tokenizer.vocab, config.do_lower_case, checkpoint_file);
+  if (overrides.vocab) check_same_vocabulary("checkpoint", checkpoint_file, checkpoint.tokenizer.vocab, tokenizer);
   if (tokenizer.vocab_size() > config.model.vocab_size)
     throw std::invalid_argument("vocab: " + std::to_string(tokenizer.vocab_size()) + " tokens, more than the model's vocab_size " +
                                 std::to_string(config.model.vocab_size));
@@ -503,8 +522,9 @@ Trainer::Trainer(TrainConfig config, comm::Communicator& comm, std::unique_ptr<B
 
   // init_from (e.g. an import-hf checkpoint): its shape must be the configured one, and its
   // vocabulary is used unless --vocab names another.
+  std::vector<std::string> init_from_vocab;
   if (!config_.init_from.empty()) {
-    const CheckpointSummary start = read_checkpoint_summary(config_.init_from);
+    CheckpointSummary start = read_checkpoint_summary(config_.init_from);
     const BertConfig& have = start.model;
     BertConfig& want = config_.model;
     auto same = [&](const char* key, int from_checkpoint, int& configured, bool zero_means_take) {
@@ -526,10 +546,13 @@ Trainer::Trainer(TrainConfig config, comm::Communicator& comm, std::unique_ptr<B
     if (config_.vocab.empty())
       tokenizer_ = std::make_unique<data::WordPieceTokenizer>(
           tokenizer_from_vocabulary(start.tokenizer.vocab, config_.do_lower_case, config_.init_from));
+    init_from_vocab = std::move(start.tokenizer.vocab);
   }
-  if (!tokenizer_)
+  if (!tokenizer_) {
     tokenizer_ = std::make_unique<data::WordPieceTokenizer>(
         data::WordPieceTokenizer::from_file(config_.vocab, config_.do_lower_case));
+    if (!config_.init_from.empty()) check_same_vocabulary("init_from", config_.init_from, init_from_vocab, *tokenizer_);
+  }
   config_.resolve_vocab_size(tokenizer_->vocab_size());
   config_.model.pad_token_id = tokenizer_->pad_id();
   config_.model.validate();
@@ -670,7 +693,16 @@ void Trainer::restore(const std::string& path) {
   state_.max_steps = max_steps;
   state_.world_size = world;
   parameters_initialized_ = true;
-  if (saved.world_size == world) return;
+  if (saved.world_size == world) {
+    // The same global batch over the same data gives the same steps per epoch; a position past
+    // them means another train_file (and would index batches that do not exist).
+    if (saved.sampler_position > steps_per_epoch_)
+      throw std::invalid_argument(refused + "stopped after step " + std::to_string(saved.sampler_position) +
+                                  " of epoch " + std::to_string(saved.sampler_epoch + 1) + ", but " + config_.train_file +
+                                  " gives " + std::to_string(steps_per_epoch_) +
+                                  " steps per epoch: resume with the training data it was written with");
+    return;
+  }
 
   // Another number of ranks: the rest of the interrupted epoch is what none of the old ranks
   // consumed, dealt out again DistributedSampler-style over the new ranks.
@@ -691,8 +723,16 @@ void Trainer::restore(const std::string& path) {
   const std::string ini_batch = ini_value(checkpoint.config_ini, "per_device_train_batch_size");
   const std::string ini_accumulation = ini_value(checkpoint.config_ini, "gradient_accumulation_steps");
   if (!ini_batch.empty() && !ini_accumulation.empty()) {
-    old_batch = std::stoll(ini_batch);
-    old_accumulation = std::stoll(ini_accumulation);
+    // Text from the file: a positive count, or the checkpoint is refused.
+    auto count_of = [&](const std::string& key, const std::string& text) {
+      int64_t value = 0;
+      const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+      if (error != std::errc() || end != text.data() + text.size() || value < 1 || value > (int64_t{1} << 30))
+        throw std::runtime_error(refused + "/trainer/config_ini: " + key + " '" + text + "' is not a positive count");
+      return value;
+    };
+    old_batch = count_of("per_device_train_batch_size", ini_batch);
+    old_accumulation = count_of("gradient_accumulation_steps", ini_accumulation);
     old_grouped = ini_value(checkpoint.config_ini, "group_by_length") == "true";
     old_drop_last = ini_value(checkpoint.config_ini, "dataloader_drop_last") == "true";
   } else if (config_.group_by_length) {
@@ -705,8 +745,9 @@ void Trainer::restore(const std::string& path) {
     data::ShardedSampler old_sampler(n, old_world, r, config_.seed, /*shuffle=*/true, /*drop_last=*/false);
     const auto plan = data::plan_batches(old_sampler.indices(saved.sampler_epoch), train_data_->lengths(),
                                          static_cast<int>(old_batch), old_grouped, old_drop_last);
-    const int64_t batches_done = std::min<int64_t>(saved.sampler_position * old_accumulation,
-                                                   static_cast<int64_t>(plan.size()));
+    // Clamped before multiplying: both factors come from the checkpoint.
+    const auto planned = static_cast<int64_t>(plan.size());
+    const int64_t batches_done = std::min<int64_t>(std::min(saved.sampler_position, planned) * old_accumulation, planned);
     for (int64_t b = 0; b < batches_done; ++b)
       for (int64_t index : plan[static_cast<size_t>(b)]) consumed[static_cast<size_t>(index)] = 1;
   }
