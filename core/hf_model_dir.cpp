@@ -259,15 +259,14 @@ Checkpoint import_hf_model_dir(const std::string& dir, const HfImportOptions& op
   r.weights_file = weights.string();
   const SafetensorsFile file(weights.string());
 
-  // Start from HF's own initialisation, then overwrite what the file has: the pooler and
-  // classifier of a bare BertModel keep these fresh values.
-  c.parameters.assign(layout.total_numel(), 0.0f);
-  init_bert_parameters(c.model, layout, options.seed, c.parameters.data());
-
   bool has_bert_prefix = false;
   for (const auto& t : file.tensors()) has_bert_prefix = has_bert_prefix || starts_with(t.name, "bert.");
   r.prefix_note = has_bert_prefix ? "" : "tensor names without the bert. prefix (a BertModel checkpoint)";
 
+  // First match names and shapes, reading nothing: config.json alone decides how much memory the
+  // model takes, so the file must be shown to hold every encoder tensor (its header's byte ranges
+  // are checked against the file size) before that memory is allocated.
+  std::vector<std::pair<const SafetensorsTensor*, const ParameterInfo*>> matched;
   std::set<std::string> loaded;
   for (const auto& t : file.tensors()) {
     std::string name = t.name;
@@ -292,7 +291,7 @@ Checkpoint import_hf_model_dir(const std::string& dir, const HfImportOptions& op
     }
     if (!loaded.insert(name).second)
       throw std::runtime_error(weights.string() + ": parameter '" + name + "' appears twice");
-    file.read_f32(t, c.parameters.data() + p.offset);
+    matched.emplace_back(&t, &p);
   }
   for (const auto& p : layout.parameters()) {
     if (loaded.count(p.name)) continue;
@@ -302,6 +301,19 @@ Checkpoint import_hf_model_dir(const std::string& dir, const HfImportOptions& op
     }
     throw std::runtime_error(weights.string() + ": missing tensor '" + p.name + "' (shape " + shape_text(p.shape) +
                              ") for the model described by config.json");
+  }
+
+  // Start from HF's own initialisation, then overwrite what the file has: the pooler and
+  // classifier of a bare BertModel keep these fresh values.
+  c.parameters.assign(layout.total_numel(), 0.0f);
+  init_bert_parameters(c.model, layout, options.seed, c.parameters.data());
+  for (const auto& [t, p] : matched) {
+    float* values = c.parameters.data() + p->offset;
+    file.read_f32(*t, values);
+    const float* bad = std::find_if(values, values + p->numel, [](float v) { return !std::isfinite(v); });
+    if (bad != values + p->numel)
+      throw std::runtime_error(weights.string() + ": tensor '" + t->name + "' holds a non-finite value (" +
+                               std::to_string(*bad) + ") at flat index " + std::to_string(bad - values));
   }
 
   c.tokenizer = read_hf_tokenizer(dir, c.model.max_position_embeddings);

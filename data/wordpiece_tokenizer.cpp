@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -497,6 +498,12 @@ void WordPieceTokenizer::index_added_tokens() {
 
 void WordPieceTokenizer::finish_construction() {
   if (tokens_.empty()) throw std::runtime_error(source_path_ + ": empty vocabulary");
+  // Ids are int32 and TokenTable keeps 32-bit offsets into one arena of token text.
+  size_t text_bytes = 0;
+  for (const std::string& t : tokens_) text_bytes += t.size();
+  if (tokens_.size() > static_cast<size_t>(INT32_MAX) || text_bytes > UINT32_MAX)
+    throw std::runtime_error(source_path_ + ": " + std::to_string(tokens_.size()) + " tokens of " +
+                             std::to_string(text_bytes) + " bytes: more than a vocabulary can hold (2^31 ids, 4 GiB)");
   std::vector<std::pair<std::string_view, int32_t>> all, continuations;
   all.reserve(tokens_.size());
   for (size_t id = 0; id < tokens_.size(); ++id) {
