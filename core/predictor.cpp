@@ -249,11 +249,12 @@ std::vector<PredictInput> read_labeled_csv(const std::string& path) {
   data::ReadOptions options;
   options.format = data::DatasetFormat::kCsv;
   options.label_offset = 0;  // keep the file's labels verbatim: predict only echoes them
+  options.labels_optional = true;
   data::Dataset dataset = data::read_dataset(path, options);
   std::vector<PredictInput> inputs;
   inputs.reserve(dataset.rows.size());
   for (data::LabeledText& row : dataset.rows)
-    inputs.push_back(PredictInput{std::move(row.text), row.line, true, row.label});
+    inputs.push_back(PredictInput{std::move(row.text), row.line, dataset.has_labels, row.label});
   return inputs;
 }
 

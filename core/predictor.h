@@ -99,8 +99,9 @@ struct PredictInput {
 };
 
 // Every record of the file, in file order. Errors are std::runtime_error starting `path:line:`.
-//   csv    read by data::read_dataset (YelpReviewFull as distributed or an HF export with a
-//          `label,text` header); the label column is required there.
+//   csv    read by data::read_dataset with labels optional: YelpReviewFull as distributed, an HF
+//          export with a `label,text` header, a `text` header alone, or one column of text
+//          without a header (quoted where a review holds commas); labels are echoed when present.
 //   jsonl  one object per line with a string "text"; "label" (integer) optional; "idx"/"id"
 //          ignored; blank lines skipped.
 //   text   one review per line (LF or CRLF), used as it is; blank lines skipped.

@@ -244,11 +244,17 @@ class CsvParser {
   int64_t line_ = 1;
 };
 
+constexpr size_t kNoColumn = static_cast<size_t>(-1);
+
 // Fills rows with raw labels (the offset is subtracted later). Returns true when the file has a header row.
-bool read_csv(const std::string& path, const char* begin, const char* end, std::vector<LabeledText>& rows) {
+// With labels_optional, a file without a label column (a header without 'label', or a headerless
+// file whose first record is one field) is read as text only and has_labels becomes false.
+bool read_csv(const std::string& path, const char* begin, const char* end, std::vector<LabeledText>& rows,
+              bool labels_optional, bool& has_labels) {
   CsvParser parser(path, begin, end);
   std::vector<std::string> fields;
   int64_t line = 0;
+  has_labels = true;
   if (!parser.next(fields, line)) return false;
 
   bool has_header = false;
@@ -273,18 +279,34 @@ bool read_csv(const std::string& path, const char* begin, const char* end, std::
                  ": expected only 'label' and 'text' (and optionally 'idx' or 'id', which are ignored)");
       }
     }
-    if (!have_label) fail(path, line, "header has no 'label' column");
+    if (!have_label && !labels_optional) {
+      fail(path, line, "header has no 'label' column (train and eval need labels; predict reads text without them)");
+    }
     if (!have_text) fail(path, line, "header has no 'text' column");
+    if (!have_label) {
+      label_col = kNoColumn;
+      has_labels = false;
+    }
     if (!parser.next(fields, line)) fail(path, line + 1, "no records after the header");
+  } else if (labels_optional && fields.size() == 1) {
+    label_col = kNoColumn;
+    text_col = 0;
+    num_cols = 1;
+    has_labels = false;
   }
 
-  const std::string expected =
-      has_header ? std::to_string(num_cols) + " fields, as in the header" : "2 fields (label, text)";
+  const std::string expected = has_header   ? std::to_string(num_cols) + " fields, as in the header"
+                               : has_labels ? "2 fields (label, text)"
+                                            : "1 field (text), as in the first record";
   do {
     if (fields.size() != num_cols) {
       fail(path, line,
            "expected " + expected + ", found " + std::to_string(fields.size()) +
                " (a text containing commas, quotes or newlines must be enclosed in double quotes)");
+    }
+    if (label_col == kNoColumn) {
+      rows.push_back(LabeledText{0, std::move(fields[text_col]), line});
+      continue;
     }
     int64_t label;
     if (!parse_label(fields[label_col], label)) {
@@ -292,6 +314,9 @@ bool read_csv(const std::string& path, const char* begin, const char* end, std::
       if (!has_header && rows.empty()) {
         problem += fields[0].size() && fields[0][0] == '{'
                        ? " (this looks like JSON Lines: use --format jsonl or a .jsonl extension)"
+                   : labels_optional
+                       ? " (text without labels: one column, in double quotes where it holds commas, or a header "
+                         "row 'text')"
                        : " (a header row must name the columns 'label' and 'text')";
       }
       fail(path, line, problem);
@@ -303,7 +328,9 @@ bool read_csv(const std::string& path, const char* begin, const char* end, std::
 
 // ---- JSON Lines ------------------------------------------------------------------------------------
 
-LabeledText parse_json_line(const std::string& path, const char* begin, const char* end, int64_t line) {
+// With labels_optional, a line without "label" gives has_label = false (label 0).
+LabeledText parse_json_line(const std::string& path, const char* begin, const char* end, int64_t line,
+                            bool labels_optional, bool& has_label) {
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(begin, end);
@@ -342,12 +369,15 @@ LabeledText parse_json_line(const std::string& path, const char* begin, const ch
            "unexpected key \"" + key + "\": expected only \"label\" and \"text\" (and optionally \"idx\" or \"id\")");
     }
   }
-  if (!have_label) fail(path, line, "missing key \"label\"");
+  if (!have_label && !labels_optional) fail(path, line, "missing key \"label\"");
   if (!have_text) fail(path, line, "missing key \"text\"");
+  has_label = have_label;
   return record;
 }
 
-void read_jsonl(const std::string& path, const char* begin, const char* end, std::vector<LabeledText>& rows) {
+// Labels are all there or (with labels_optional) all absent: has_labels says which.
+void read_jsonl(const std::string& path, const char* begin, const char* end, std::vector<LabeledText>& rows,
+                bool labels_optional, bool& has_labels) {
   struct Span {
     const char* begin;
     const char* end;
@@ -373,18 +403,34 @@ void read_jsonl(const std::string& path, const char* begin, const char* end, std
 
   const int64_t count = static_cast<int64_t>(spans.size());
   rows.resize(spans.size());
+  std::vector<char> labeled(spans.size(), 0);
   int64_t first_bad = count;
   // Exceptions may not leave an OpenMP region: note the earliest bad line, then parse it again outside.
 #pragma omp parallel for schedule(dynamic, 512) reduction(min : first_bad)
   for (int64_t i = 0; i < count; ++i) {
     if (i > first_bad) continue;
     try {
-      rows[i] = parse_json_line(path, spans[i].begin, spans[i].end, spans[i].line);
+      bool has_label = false;
+      rows[i] = parse_json_line(path, spans[i].begin, spans[i].end, spans[i].line, labels_optional, has_label);
+      labeled[i] = has_label;
     } catch (const std::exception&) {
       first_bad = std::min(first_bad, i);
     }
   }
-  if (first_bad < count) parse_json_line(path, spans[first_bad].begin, spans[first_bad].end, spans[first_bad].line);
+  bool ignored = false;
+  if (first_bad < count) {
+    parse_json_line(path, spans[first_bad].begin, spans[first_bad].end, spans[first_bad].line, labels_optional,
+                    ignored);
+  }
+  has_labels = count == 0 || labeled[0];
+  for (int64_t i = 1; i < count; ++i) {
+    if (static_cast<bool>(labeled[i]) != has_labels) {
+      fail(path, spans[i].line,
+           std::string(labeled[i] ? "has a \"label\"" : "has no \"label\"") + " but line " +
+               std::to_string(spans[0].line) + (has_labels ? " has one" : " has none") +
+               ": give every record a label or none");
+    }
+  }
 }
 
 DatasetFormat format_from_extension(const std::string& path) {
@@ -430,13 +476,17 @@ Dataset read_dataset(const std::string& path, const ReadOptions& options) {
   rows.reserve(static_cast<size_t>(count_newlines(begin, end)) + 1);
   int auto_offset = 0;
   if (format == DatasetFormat::kJsonl) {
-    read_jsonl(path, begin, end, rows);
+    read_jsonl(path, begin, end, rows, options.labels_optional, dataset.has_labels);
   } else {
-    const bool has_header = read_csv(path, begin, end, rows);
+    const bool has_header = read_csv(path, begin, end, rows, options.labels_optional, dataset.has_labels);
     auto_offset = has_header ? 0 : 1;  // YelpReviewFull as distributed stores stars 1-5
   }
   if (rows.empty()) fail(path, 1, "no records (the file is empty)");
   validate_utf8(path, rows);
+  if (!dataset.has_labels) {
+    dataset.label_offset = std::max(options.label_offset, 0);
+    return dataset;
+  }
 
   dataset.label_offset = options.label_offset >= 0 ? options.label_offset : auto_offset;
   const int64_t offset = dataset.label_offset;
@@ -456,6 +506,9 @@ Dataset read_dataset(const std::string& path, const ReadOptions& options) {
            "label " + std::to_string(raw) + " is out of range: with label offset " + std::to_string(offset) +
                " and " + std::to_string(options.num_labels) + " labels it must be in [" + std::to_string(offset) +
                ", " + std::to_string(offset + options.num_labels - 1) + "]" + offset_hint + ", or --num_labels)");
+    }
+    if (label >= std::numeric_limits<int32_t>::max()) {  // num_labels_seen = label + 1 must be an int
+      fail(path, row.line, "label " + std::to_string(raw) + " is too large to be a class index");
     }
     max_label = std::max(max_label, label);
     row.label = static_cast<int32_t>(label);

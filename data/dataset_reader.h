@@ -23,6 +23,8 @@ struct ReadOptions {
   int label_offset = -1;  // -1 = auto: headerless CSV (YelpReviewFull as distributed) -> 1; CSV with a
                           // `label,text` header or JSON Lines (HF datasets exports) -> 0
   int num_labels = 0;     // > 0: every label - offset must be in [0, num_labels), else error naming file:line
+  bool labels_optional = false;  // true (predict): a CSV without a label column (a one-field first record,
+                                 // or a header without 'label') or JSON Lines without "label" read as text
 };
 
 struct Dataset {
@@ -30,6 +32,7 @@ struct Dataset {
   std::vector<LabeledText> rows;
   int label_offset = 0;     // the offset that was applied (resolved when options said auto)
   int num_labels_seen = 0;  // max 0-based label + 1
+  bool has_labels = true;   // false only with ReadOptions::labels_optional: every row's label is 0
 };
 
 Dataset read_dataset(const std::string& path, const ReadOptions& options);

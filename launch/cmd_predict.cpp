@@ -79,8 +79,9 @@ int run_predict(int argc, char** argv) {
       "per review, in input order: index, line (file inputs), label (echoed when the input has\n"
       "one), predicted_label (class + label_offset: 1-5 for a YelpReviewFull model),\n"
       "probabilities (probabilities[k] is label k + label_offset) and the first 80 characters of\n"
-      "text. Inputs: CSV (YelpReviewFull or an HF export, with labels), JSON Lines with \"text\"\n"
-      "(\"label\" optional) or plain text, one review per line. Runs as one process.";
+      "text. Inputs: CSV (YelpReviewFull, an HF export, a 'text' header alone, or one column of\n"
+      "text), JSON Lines with \"text\" (\"label\" optional) or plain text, one review per line.\n"
+      "Labels are optional everywhere. Runs as one process.";
   cl.options.add_options()
       ("checkpoint", po::value<std::string>(&o.checkpoint)->required(), "checkpoint-<step>.h5 (from train or import-hf)")
       ("input", po::value<std::string>(&o.input), "file of reviews: .csv, .jsonl, or text (one review per line)")

@@ -318,3 +318,54 @@ TEST_F(DataReaderTest, CompressedAndUtf16FilesAreRecognized) {
   expect_error(write("train.csv.gz", std::string("\x1f\x8b\x08\x00", 4)), 1, {"gzip"});
   expect_error(write("utf16.csv", std::string("\xFF\xFE" "1\0,\0a\0", 8)), 1, {"UTF-16"});
 }
+
+// predict reads text without labels (ReadOptions::labels_optional); train and eval keep requiring them.
+TEST_F(DataReaderTest, TextOnlyCsvAndJsonlWhenLabelsAreOptional) {
+  ReadOptions optional;
+  optional.labels_optional = true;
+
+  const std::string one_column = write("one.csv", "great food\n\"slow, cold\"\n\"a \"\"quoted\"\" word\"\n");
+  const Dataset a = read_dataset(one_column, optional);
+  EXPECT_FALSE(a.has_labels);
+  ASSERT_EQ(a.rows.size(), 3u);
+  EXPECT_EQ(a.rows[0].text, "great food");
+  EXPECT_EQ(a.rows[1].text, "slow, cold");
+  EXPECT_EQ(a.rows[2].text, "a \"quoted\" word");
+  EXPECT_EQ(a.rows[2].line, 3);
+  EXPECT_EQ(a.num_labels_seen, 0);
+
+  const Dataset b = read_dataset(write("header.csv", "id,text\n7,great\n8,\"bad, sad\"\n"), optional);
+  EXPECT_FALSE(b.has_labels);
+  ASSERT_EQ(b.rows.size(), 2u);
+  EXPECT_EQ(b.rows[1].text, "bad, sad");
+  EXPECT_EQ(b.rows[1].line, 3);
+
+  const Dataset c = read_dataset(write("text.jsonl", "{\"text\": \"x\"}\n\n{\"text\": \"y\", \"id\": 3}\n"), optional);
+  EXPECT_FALSE(c.has_labels);
+  ASSERT_EQ(c.rows.size(), 2u);
+  EXPECT_EQ(c.rows[1].text, "y");
+
+  // Labels present: read as before, offsets applied.
+  const Dataset d = read_dataset(write("labeled.csv", "\"5\",\"top\"\n\"1\",\"bottom\"\n"), optional);
+  EXPECT_TRUE(d.has_labels);
+  EXPECT_EQ(d.label_offset, 1);
+  EXPECT_EQ(d.rows[0].label, 4);
+  EXPECT_EQ(d.num_labels_seen, 5);
+
+  // A one-column file is one column throughout; an unquoted comma is a second field.
+  expect_error(write("comma.csv", "fine\nslow, cold\n"), 2, {"expected 1 field (text)", "double quotes"}, optional);
+  // All records labelled or none.
+  expect_error(write("mixed.jsonl", "{\"text\": \"x\"}\n{\"label\": 1, \"text\": \"y\"}\n"), 2,
+               {"has a \"label\"", "line 1 has none"}, optional);
+  expect_error(write("words.csv", "good,food\n"), 1, {"is not an integer", "one column"}, optional);
+
+  // Without the option (train, eval, prepare) the label column stays required.
+  expect_error(one_column, 1, {"expected 2 fields (label, text), found 1"});
+  expect_error(write("textheader.csv", "text\ngreat\n"), 1, {"no 'label' column", "predict"});
+  expect_error(write("nolabel.jsonl", "{\"text\": \"x\"}\n"), 1, {"missing key \"label\""});
+}
+
+TEST_F(DataReaderTest, LabelThatCannotBecomeAClassCountIsRefused) {
+  // label_offset 0 and label 2^31 - 1: num_labels_seen = label + 1 would overflow an int.
+  expect_error(write("max.csv", "label,text\n2147483647,a\n"), 2, {"too large"});
+}
