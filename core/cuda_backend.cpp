@@ -198,6 +198,13 @@ class CudaBackend final : public Backend {
     check_device_memory_fits(config_, max_rows, max_seq_len, precision_, free_bytes, fused_available);
     CUDA_CHECK(cudaMalloc(&arena_, plan_.arena_bytes));
     CUDA_CHECK(cudaStreamCreate(&stream_));
+    if (plan_.fused_attention) {
+      // The attention dropout masks are drawn on their own stream, overlapped with the matmuls.
+      CUDA_CHECK(cudaStreamCreateWithFlags(&mask_stream_, cudaStreamNonBlocking));
+      CUDA_CHECK(cudaEventCreateWithFlags(&forward_start_, cudaEventDisableTiming));
+      mask_ready_.resize(config_.num_hidden_layers);
+      for (cudaEvent_t& e : mask_ready_) CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    }
     cu::KernelVariants variants;
     variants.packed_layernorm = env_value("LLMQS_LAYERNORM") != "scalar";
     variants.packed_gelu = env_value("LLMQS_GELU") != "scalar";
@@ -262,6 +269,10 @@ class CudaBackend final : public Backend {
     matmul_.reset();
     profile_.reset();
     if (stream_) cudaStreamSynchronize(stream_);
+    if (mask_stream_) cudaStreamSynchronize(mask_stream_);
+    for (cudaEvent_t e : mask_ready_) cudaEventDestroy(e);
+    if (forward_start_) cudaEventDestroy(forward_start_);
+    if (mask_stream_) cudaStreamDestroy(mask_stream_);
     if (staging_free_) cudaEventDestroy(staging_free_);
     if (staging_) cudaFreeHost(staging_);
     if (stream_) cudaStreamDestroy(stream_);
@@ -479,6 +490,20 @@ class CudaBackend final : public Backend {
     const float eps = config_.layer_norm_eps;
     const DropoutSite none;
     const int32_t* lengths = i32(plan_.lengths);
+    const bool side_masks = plan_.fused_attention && key_.enabled && attn_p > 0.0f;
+    if (side_masks) {
+      // Every layer's attention keep bits, drawn on mask_stream_ while the main stream runs the
+      // embeddings and the first matmuls; layer l's attention waits for mask_ready_[l]. The side
+      // stream first waits for everything before this forward (the previous backward read the masks).
+      CUDA_CHECK(cudaEventRecord(forward_start_, stream_));
+      CUDA_CHECK(cudaStreamWaitEvent(mask_stream_, forward_start_, 0));
+      for (int l = 0; l < config_.num_hidden_layers; ++l) {
+        cu::flash_attention_dropout_mask(u32(plan_.layers[l].attn_mask), B, S, H,
+                                         layer_site(l, kernels::LayerDropoutSite::kAttentionProbs, attn_p),
+                                         mask_stream_);
+        CUDA_CHECK(cudaEventRecord(mask_ready_[l], mask_stream_));
+      }
+    }
 
     cu::embeddings_forward(act(plan_.emb_sum), type_, i32(plan_.ids), P(word_), P(position_), P(token_type_), B, S, C,
                            stream_);
@@ -496,6 +521,7 @@ class CudaBackend final : public Backend {
       linear(x, lp.k_w, lp.k_b, act(a.k), N, C, C);
       linear(x, lp.v_w, lp.v_b, act(a.v), N, C, C);
       profile_->mark("qkv_fwd");
+      if (side_masks) CUDA_CHECK(cudaStreamWaitEvent(stream_, mask_ready_[l], 0));
       if (plan_.fused_attention)
         cu::flash_attention_forward(act(a.ctx), f32(a.probs), u32(a.attn_mask), act(a.q), act(a.k), act(a.v), lengths,
                                     type_, B, S, C, H,
@@ -673,6 +699,9 @@ class CudaBackend final : public Backend {
   DeviceMemoryPlan plan_;
   char* arena_ = nullptr;
   cudaStream_t stream_ = nullptr;
+  cudaStream_t mask_stream_ = nullptr;       // fused attention: dropout masks (run_forward)
+  cudaEvent_t forward_start_ = nullptr;
+  std::vector<cudaEvent_t> mask_ready_;      // per layer
   std::unique_ptr<cu::MatmulContext> matmul_;
   std::unique_ptr<PhaseProfile> profile_;
   size_t word_ = 0, position_ = 0, token_type_ = 0, ln0_g_ = 0, ln0_b_ = 0;

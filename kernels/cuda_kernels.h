@@ -142,16 +142,20 @@ void attention_backward(void* dq, void* dk, void* dv, const void* dctx, const vo
 // ---- fused attention (kernels/flash_attention.cu; same CPU twin) --------------------------------
 // The same function as attention_forward/backward for bf16/fp16 and head_dim 32 or 64, on tensor
 // cores, without any seq x seq buffer of values: the forward saves lse [rows x heads x seq] fp32
-// (log2 domain) instead of probs and, when dropout.p > 0, the keep bits of every (query, key) in
-// dropout_mask (flash_attention_mask_words(rows, seq, heads) uint32 words; may be null when
-// p == 0); the backward recomputes P from lse and reads the same mask. delta_scratch:
-// [rows x heads x seq] fp32. dq, dk, dv are overwritten. Unsupported shapes throw.
+// (log2 domain) instead of probs; the backward recomputes P from lse. With dropout.p > 0 both read
+// the keep bits of every (query, key) from dropout_mask (flash_attention_mask_words(rows, seq,
+// heads) uint32 words, filled by flash_attention_dropout_mask for the same site; may be null when
+// p == 0): the draw is its own kernel so that it can run on another stream, overlapped with the
+// matmuls. delta_scratch: [rows x heads x seq] fp32. dq, dk, dv are overwritten. Unsupported
+// shapes throw.
 bool flash_attention_supported(DType type, int C, int heads);
 // __CUDA_ARCH__ of the code this binary runs on the current GPU (750 for a compute_75-only build on
 // any GPU); 0 without a usable device.
 int loaded_code_arch();
 size_t flash_attention_mask_words(int rows, int seq, int heads);
-void flash_attention_forward(void* ctx, float* lse, uint32_t* dropout_mask, const void* q, const void* k,
+void flash_attention_dropout_mask(uint32_t* dropout_mask, int rows, int seq, int heads, const DropoutSite& dropout,
+                                  cudaStream_t stream);
+void flash_attention_forward(void* ctx, float* lse, const uint32_t* dropout_mask, const void* q, const void* k,
                              const void* v, const int32_t* lengths, DType type, int rows, int seq, int C, int heads,
                              const DropoutSite& dropout, cudaStream_t stream);
 void flash_attention_backward(void* dq, void* dk, void* dv, const void* dctx, const void* ctx, const void* q,

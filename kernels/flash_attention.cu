@@ -7,10 +7,11 @@
 //   e_ij = ((r * heads + h) * seq + i) * seq + j  (the CPU's indexing: identical masks)
 //   O_i = sum_j P_ij keep_ij / (1 - p) v_j
 // Nothing of size seq x seq is stored except the dropout mask as bits (1/16 of bf16 probabilities):
-// the forward keeps a running max and sum per query (online softmax), saves lse_i (log2-domain
-// log-sum-exp, [rows x heads x seq] fp32) and, with dropout, draws each keep bit once (one Philox
-// call per four keys when seq % 4 == 0) into `mask`, which the backward reads instead of drawing
-// again. Backward (P recomputed from lse):
+// attention_dropout_mask_kernel draws each keep bit once (one Philox call per four keys when
+// seq % 4 == 0) -- the backend runs it on a side stream, overlapped with the matmuls -- and the
+// forward and backward read the bits. The forward keeps a running max and sum per query (online
+// softmax) and saves lse_i (log2-domain log-sum-exp, [rows x heads x seq] fp32).
+// Backward (P recomputed from lse):
 //   Di = dO_i . O_i;  dPd_ij = dO_i . v_j;  dS_ij = P_ij (dPd_ij keep_ij / (1 - p) - Di)
 //   dV_j = sum_i P_ij keep_ij / (1 - p) dO_i;  dK_j = c sum_i dS_ij q_i;  dQ_i = c sum_j dS_ij k_j
 // dK/dV and dQ come from two kernels (one owns a key tile, one a query tile), so every output
@@ -203,10 +204,6 @@ __device__ __forceinline__ float quad_sum(float x) {
   x += __shfl_xor_sync(0xffffffffu, x, 1);
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
-__device__ __forceinline__ uint32_t quad_or(uint32_t x) {
-  x |= __shfl_xor_sync(0xffffffffu, x, 1);
-  return x | __shfl_xor_sync(0xffffffffu, x, 2);
-}
 
 // ---- the dropout mask ---------------------------------------------------------------------------
 // Bit j % 32 of word mask[(bh * seq + i) * words_per_row + j / 32] is keep(i, j) (j < seq), drawn
@@ -214,36 +211,31 @@ __device__ __forceinline__ uint32_t quad_or(uint32_t x) {
 // is one aligned 8-byte pair.
 __host__ __device__ __forceinline__ int mask_words_per_row(int seq) { return 2 * ((seq + kTile - 1) / kTile); }
 
-// keep bits of query row `i` for keys j0 .. j0 + 63 as (lo, hi), the same in all four lanes of the
-// quad. With seq % 4 == 0 every group of four keys from a multiple of 4 is one Philox call, so the
-// quad's 16 calls (4 per lane) cover the row; otherwise each lane draws its own 16 elements.
-__device__ __forceinline__ uint2 draw_keep_bits(const DropoutSite& site, int bh, int seq, int i, int j0, int t) {
-  uint32_t lo = 0, hi = 0;
-  const uint64_t e0 = (uint64_t(bh) * seq + i) * seq + j0;
-  if ((seq & 3) == 0) {
+// One thread per 32-key word: word w of query row `row` (= bh * seq + i) holds keep(i, 32 w + b) in
+// bit b, zeros for keys at or past seq. With seq % 4 == 0 each group of four keys from a multiple of
+// 4 is one Philox call (8 per word, the fewest the CPU's layout allows); otherwise one per key.
+__global__ void attention_dropout_mask_kernel(uint32_t* mask, size_t query_rows, int seq, int words, DropoutSite site) {
+  const size_t index = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (index >= query_rows * words) return;
+  const size_t row = index / words;
+  const int j0 = int(index % words) * 32;
+  uint32_t bits = 0;
+  if (j0 < seq) {
+    const uint64_t e0 = uint64_t(row) * seq + j0;
+    const int keys = min(32, seq - j0);
+    if ((seq & 3) == 0) {
 #pragma unroll
-    for (int u = 0; u < 4; ++u) {
-      const int group = t + 4 * u;  // keys j0 + 4 group .. + 3
-      const Philox4x32 w = dropout_words(site, (e0 >> 2) + group);
-      uint32_t bits = 0;
+      for (int group = 0; group < 8; ++group) {
+        if (4 * group >= keys) break;
+        const Philox4x32 w = dropout_words(site, (e0 >> 2) + group);
 #pragma unroll
-      for (int c = 0; c < 4; ++c) bits |= uint32_t(uniform_from_word(w.v[c]) >= site.p) << c;
-      if (group < 8) lo |= bits << (4 * group);
-      else hi |= bits << (4 * group - 32);
-    }
-  } else {
-#pragma unroll
-    for (int n = 0; n < 8; ++n)
-#pragma unroll
-      for (int y = 0; y < 2; ++y) {
-        const int col = 8 * n + 2 * t + y;
-        if (j0 + col >= seq) continue;
-        const uint32_t bit = dropout_uniform(site, e0 + col) >= site.p;
-        if (n < 4) lo |= bit << col;
-        else hi |= bit << (col - 32);
+        for (int c = 0; c < 4; ++c) bits |= uint32_t(uniform_from_word(w.v[c]) >= site.p) << (4 * group + c);
       }
+    } else {
+      for (int b = 0; b < keys; ++b) bits |= uint32_t(dropout_uniform(site, e0 + b) >= site.p) << b;
+    }
   }
-  return make_uint2(quad_or(lo), quad_or(hi));
+  mask[index] = bits;
 }
 
 __device__ __forceinline__ float keep_value(uint2 bits, int col, float keep_scale) {
@@ -258,7 +250,7 @@ __device__ __forceinline__ float keep_value(uint2 bits, int col, float keep_scal
 constexpr int kForwardQueries = 128;
 
 template <typename T, int D>
-__global__ void __launch_bounds__(kThreads) flash_forward_kernel(T* ctx, float* lse, uint32_t* mask, const T* q,
+__global__ void __launch_bounds__(kThreads) flash_forward_kernel(T* ctx, float* lse, const uint32_t* mask, const T* q,
                                                                  const T* k, const T* v, const int32_t* lengths,
                                                                  int seq, int C, int heads, DropoutSite site) {
   // [stage][K, V]; the 128-row Q tile uses the same space before the first K/V load.
@@ -313,6 +305,16 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(T* ctx, float* 
     __syncthreads();
     const T* k_tile = smem + (2 * stage) * Tile<D>::kElements;
     const T* v_tile = smem + (2 * stage + 1) * Tile<D>::kElements;
+    uint2 keep[2][2];  // this tile's keep bits of the thread's four query rows
+#pragma unroll
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+      for (int x = 0; x < 2; ++x) {
+        const int i = q0 + warp * 32 + m * 16 + g + 8 * x;
+        keep[m][x] = dropout && i < seq
+                         ? *reinterpret_cast<const uint2*>(mask + (size_t(bh) * seq + i) * words + 2 * jt)
+                         : make_uint2(~0u, ~0u);
+      }
 
     float s[2][kTile / 8][4];
 #pragma unroll
@@ -356,16 +358,6 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(T* ctx, float* 
         o[m][n][0] *= correction[0], o[m][n][1] *= correction[0];
         o[m][n][2] *= correction[1], o[m][n][3] *= correction[1];
       }
-      uint2 keep[2] = {make_uint2(~0u, ~0u), make_uint2(~0u, ~0u)};
-      if (dropout) {
-#pragma unroll
-        for (int x = 0; x < 2; ++x) {
-          const int i = q0 + warp * 32 + m * 16 + g + 8 * x;
-          // Every lane calls (quad shuffles inside); rows past seq draw bits nobody reads.
-          keep[x] = draw_keep_bits(site, bh, seq, i, j0, t);
-          if (t == 2 * m + x && i < seq) *reinterpret_cast<uint2*>(mask + (size_t(bh) * seq + i) * words + 2 * jt) = keep[x];
-        }
-      }
 #pragma unroll
       for (int n = 0; n < kTile / 8; ++n)
 #pragma unroll
@@ -373,7 +365,7 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(T* ctx, float* 
           const int x = e >> 1;
           const float p = exp2f(s[m][n][e] - row_max[m][x]);
           row_sum[m][x] += p;
-          s[m][n][e] = dropout ? p * keep_value(keep[x], n * 8 + 2 * t + (e & 1), keep_scale) : p;
+          s[m][n][e] = dropout ? p * keep_value(keep[m][x], n * 8 + 2 * t + (e & 1), keep_scale) : p;
         }
     }
 
@@ -687,7 +679,7 @@ __global__ void __launch_bounds__(kThreads) flash_backward_q_kernel(
 }
 
 template <typename T, int D>
-void launch_forward(void* ctx, float* lse, uint32_t* mask, const void* q, const void* k, const void* v,
+void launch_forward(void* ctx, float* lse, const uint32_t* mask, const void* q, const void* k, const void* v,
                     const int32_t* lengths, int rows, int seq, int C, int heads, const DropoutSite& site,
                     cudaStream_t stream) {
   const dim3 grid(ceil_div(seq, kForwardQueries), rows * heads);
@@ -765,12 +757,21 @@ size_t flash_attention_mask_words(int rows, int seq, int heads) {
   return size_t(rows) * heads * seq * mask_words_per_row(seq);
 }
 
-void flash_attention_forward(void* ctx, float* lse, uint32_t* dropout_mask, const void* q, const void* k,
+void flash_attention_dropout_mask(uint32_t* dropout_mask, int rows, int seq, int heads, const DropoutSite& dropout,
+                                  cudaStream_t stream) {
+  if (dropout.p <= 0.0f || rows <= 0 || seq <= 0) return;
+  const size_t query_rows = size_t(rows) * heads * seq;
+  attention_dropout_mask_kernel<<<ceil_div(query_rows * mask_words_per_row(seq), 256), 256, 0, stream>>>(
+      dropout_mask, query_rows, seq, mask_words_per_row(seq), dropout);
+  CUDA_CHECK_LAUNCH("attention_dropout_mask_kernel");
+}
+
+void flash_attention_forward(void* ctx, float* lse, const uint32_t* dropout_mask, const void* q, const void* k,
                              const void* v, const int32_t* lengths, DType type, int rows, int seq, int C, int heads,
                              const DropoutSite& dropout, cudaStream_t stream) {
   check_supported(type, C, heads, "flash_attention_forward");
   if (dropout.p > 0.0f && dropout_mask == nullptr)
-    throw std::invalid_argument("flash_attention_forward: dropout needs a mask buffer");
+    throw std::invalid_argument("flash_attention_forward: dropout needs the mask of flash_attention_dropout_mask");
   if (rows <= 0 || seq <= 0) return;
   const int d = C / heads;
 #define LLMQS_FLASH_FWD(T, D) \
