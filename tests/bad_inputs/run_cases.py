@@ -84,6 +84,12 @@ def make_text_inputs(w):
     put("jsonl_invalid_utf8.jsonl", b'{"label": 1, "text": "bad \xff byte"}\n')
     put("text_invalid_utf8.txt", b"good review\ncaf\xe9 latin-1 review\n")
     put("text_empty.txt", b"")
+    put("predict_text_only.csv", b'great food\n"slow service, cold soup"\nfine\n')
+    put("predict_text_header.csv", b'text\ngreat food\n"slow service, cold soup"\n')
+    put("predict_id_text_header.csv", b'id,text\n7,great food\n9,"slow service, cold soup"\n')
+    put("predict_text_only_unquoted_comma.csv", b'great food\nslow service, cold soup\n')
+    put("predict_text_only.jsonl", b'{"text": "great food"}\n{"text": "slow service"}\n')
+    put("predict_mixed_labels.jsonl", b'{"label": 1, "text": "great food"}\n{"text": "slow service"}\n')
     field = b"word " * 2_000_000  # 10 MB in one field: must be read and truncated, not choke
     put("csv_huge_field.csv", b'"4","' + field + b'"\n"2","short"\n')
     put("csv_huge_field_unterminated.csv", b'"4","' + field + b"\n")
@@ -158,6 +164,23 @@ def make_token_caches(w, binary):
         f["tokens"] = t
     damaged("cache_2d_tokens.h5", two_d_tokens)
 
+    # Sizes that lie: a dataset declared but never written (its chunks do not exist, reads would
+    # return the fill value), and one declared with 2^40 elements in a file of a few KB.
+    def unwritten_tokens(f):
+        n = f["tokens"].shape[0]
+        del f["tokens"]
+        f.create_dataset("tokens", shape=(n,), dtype="<i4", chunks=(1024,))
+    damaged("cache_unwritten_tokens.h5", unwritten_tokens)
+
+    def huge_offsets(f):
+        n = 2**40
+        del f["offsets"], f["labels"]
+        f.create_dataset("offsets", shape=(n + 1,), dtype="<i8", chunks=(65536,))
+        f.create_dataset("labels", shape=(n,), dtype="<i4", chunks=(65536,))
+        f.attrs["num_examples"] = np.int64(n)
+    damaged("cache_huge_unwritten_offsets.h5", huge_offsets)
+    damaged("cache_max_length_zero.h5", lambda f: f.attrs.__setitem__("max_length", np.int32(0)))
+
 
 def make_checkpoints(w, binary):
     import h5py
@@ -212,6 +235,52 @@ def make_checkpoints(w, binary):
         w_[0, 0] = np.nan
         f["model/classifier.weight"][...] = w_
     damaged("ck_nan_weight.h5", nan_weight)
+
+    def inf_moment(f):
+        v = f["optimizer/exp_avg_sq/classifier.bias"][...]
+        v[1] = np.inf
+        f["optimizer/exp_avg_sq/classifier.bias"][...] = v
+    damaged("ck_inf_moment.h5", inf_moment)
+
+    def unwritten_weight(f):
+        name = "model/bert.embeddings.word_embeddings.weight"
+        shape = f[name].shape
+        del f[name]
+        f.create_dataset(name, shape=shape, dtype="<f4", chunks=(64, shape[1]))
+    damaged("ck_unwritten_weight.h5", unwritten_weight)
+
+    def huge_unwritten_model(f):
+        # 2^26 x 32 floats (8 GiB) declared in a file of a few hundred KB: refused before allocating
+        vocab = 2**26
+        f["model_config"].attrs["vocab_size"] = np.int64(vocab)
+        for group in ("model", "optimizer/exp_avg", "optimizer/exp_avg_sq"):
+            name = group + "/bert.embeddings.word_embeddings.weight"
+            del f[name]
+            f.create_dataset(name, shape=(vocab, 32), dtype="<f4", chunks=(4096, 32))
+    damaged("ck_huge_unwritten_model.h5", huge_unwritten_model)
+    damaged("ck_config_huge_layers.h5",
+            lambda f: f["model_config"].attrs.__setitem__("num_hidden_layers", np.int64(2**31 - 1)))
+    damaged("ck_world_size_zero.h5", lambda f: f["trainer"].attrs.__setitem__("world_size", np.int64(0)))
+    damaged("ck_sampler_position_beyond_step.h5",
+            lambda f: f["trainer"].attrs.__setitem__("sampler_position", np.int64(10**15)))
+    damaged("ck_label_offset_huge.h5",
+            lambda f: f["tokenizer"].attrs.__setitem__("label_offset", np.int64(2**31 - 1)))
+
+    def garbage_batch_in_config_ini(f):
+        # Resumed on another rank count mid-epoch, the old run's batches are replayed from the
+        # stored INI: its numbers are file content like any other.
+        ini = f["trainer/config_ini"][()].decode()
+        ini = re.sub(r"per_device_train_batch_size = \d+", "per_device_train_batch_size = 4x", ini)
+        del f["trainer/config_ini"]
+        f.create_dataset("trainer/config_ini", data=ini, dtype=h5py.string_dtype())
+        f["trainer"].attrs["world_size"] = np.int64(2)
+        f["trainer"].attrs["sampler_position"] = np.int64(1)
+    damaged("ck_config_ini_garbage.h5", garbage_batch_in_config_ini)
+
+    def ascii_schema(f):  # what h5py writes for bytes: variable-length ASCII strings
+        del f.attrs["schema"]
+        f.attrs.create("schema", b"llmqs-dist-checkpoint", dtype=h5py.string_dtype("ascii"))
+    damaged("ck_schema_vlen_ascii.h5", ascii_schema)
 
     # resume_from_checkpoint auto must skip a damaged newest checkpoint and take the previous one
     os.makedirs(os.path.join(w, "resume_dir"), exist_ok=True)
@@ -286,6 +355,13 @@ def make_safetensors_dirs(w):
     config("config_hidden_size", lambda c: c.__setitem__("hidden_size", 48))
     config("config_layers_string", lambda c: c.__setitem__("num_hidden_layers", "two"))
     config("config_relu", lambda c: c.__setitem__("hidden_act", "relu"))
+    config("config_huge_layers", lambda c: c.__setitem__("num_hidden_layers", 100000))
+    # 131072 wide: 69 G parameters, a 275 GB allocation if nothing checked the size first
+    config("config_huge_hidden", lambda c: c.update(hidden_size=131072, num_attention_heads=1))
+    nan_bias = bytearray(payload)
+    begin = header["classifier.bias"]["data_offsets"][0]
+    nan_bias[begin + 4: begin + 8] = struct.pack("<f", float("nan"))
+    write("nan_weight", header, data=bytes(nan_bias))
     with open(os.path.join(folder("config_not_json"), "config.json"), "w") as f:
         f.write('{"hidden_size": 32,')
     d = folder("config_number_overflow")
