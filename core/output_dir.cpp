@@ -136,6 +136,22 @@ long temporary_writer_pid(const std::string& name) {
   return std::stol(digits);
 }
 
+// Whether process `pid` runs on this host. A zombie does not: a rank SIGKILLed with its mpirun
+// may wait a long time for a parent to reap it, and kill(pid, 0) still succeeds on it.
+bool process_runs(long pid) {
+  std::FILE* stat = std::fopen(("/proc/" + std::to_string(pid) + "/stat").c_str(), "r");
+  if (stat) {
+    char line[512] = {0};
+    const size_t n = std::fread(line, 1, sizeof(line) - 1, stat);
+    std::fclose(stat);
+    const char* after_name = std::strrchr(line, ')');  // the name may hold spaces and parentheses
+    if (n > 0 && after_name && after_name[1] == ' ') return after_name[2] != 'Z' && after_name[2] != 'X';
+    return true;
+  }
+  if (std::filesystem::exists("/proc/self/stat")) return false;  // procfs, and no such process
+  return ::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM;  // no procfs
+}
+
 }  // namespace
 
 std::vector<std::string> prepare_output_dir_for_steps(const std::string& output_dir, int64_t first_step,
@@ -160,7 +176,7 @@ std::vector<std::string> prepare_output_dir_for_steps(const std::string& output_
     if (pid < 0 || pid == static_cast<long>(::getpid())) continue;
     // A writer that still runs on this host keeps its file (two jobs in one output_dir are a
     // mistake of their own, but not one to make worse by deleting under them).
-    if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM) continue;
+    if (process_runs(pid)) continue;
     stale.push_back(entry.path());
   }
   if (ec) throw std::runtime_error("output_dir: cannot list " + output_dir + ": " + ec.message());

@@ -34,7 +34,15 @@ for _ in $(seq 1 6000); do
   sleep 0.01
 done
 [ -e killed/checkpoint-10.h5 ] || { cat killed.log; fail "the run to kill never wrote checkpoint-10.h5"; }
-kill -KILL -- "-$leader" 2>/dev/null || true
+# Every process of the session: mpirun starts the ranks in process groups of their own, so killing
+# mpirun's group alone leaves them running (they may even write checkpoint-20.h5 later).
+for _ in $(seq 1 100); do
+  pids=$(ps -o pid=,stat= -s "$leader" | awk '$2 !~ /^Z/ {print $1}')
+  [ -z "$pids" ] && break
+  kill -KILL $pids 2>/dev/null || true
+  sleep 0.05
+done
+[ -z "$pids" ] || fail "processes of the killed run still alive: $pids"
 wait "$leader" 2>/dev/null || true
 [ ! -e killed/checkpoint-20.h5 ] || fail "the run finished before the kill landed (make steps slower)"
 echo "killed after $(ls killed | grep -c '^checkpoint-') checkpoint(s): $(ls killed | tr '\n' ' ')"
