@@ -25,7 +25,8 @@ set(LLMQS_BAD_INPUT_GROUPS
     "token_cache=^cache_"
     "checkpoint=^ck_"
     "safetensors=^(st|hf|export)_"
-    "predict_eval=^(predict|eval)_")
+    "predict_eval=^(predict|eval)_"
+    "output_dir=^out_")
 foreach(group ${LLMQS_BAD_INPUT_GROUPS})
   string(REPLACE "=" ";" group_parts "${group}")
   list(GET group_parts 0 group_name)

@@ -1,10 +1,11 @@
 # Training faults provoked for real through mpirun on the CPU backend (tests/faults/training_faults.py):
-# SIGTERM -> checkpoint -> exact resume; resume on another number of ranks; a hung or killed rank.
+# SIGTERM -> checkpoint -> exact resume; resume on another number of ranks; a hung or killed rank;
+# an unwritable or full output_dir.
 find_package(Python3 COMPONENTS Interpreter)
 if(Python3_Interpreter_FOUND)
   set(LLMQS_FAULTS_ENV OMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
       OMPI_MCA_rmaps_base_oversubscribe=1)
-  foreach(check signal cross-world lost-rank)
+  foreach(check signal cross-world lost-rank disk)
     string(REPLACE "-" "_" check_id ${check})
     add_test(NAME faults_training_${check_id}
              COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/faults/training_faults.py ${check}

@@ -379,6 +379,14 @@ def make_safetensors_dirs(w):
     open(os.path.join(w, "a_plain_file"), "w").write("not a directory\n")
 
 
+def make_output_dirs(w):
+    """output_dirs whose checkpoint names are taken by things that are not checkpoints."""
+    os.makedirs(os.path.join(w, "out_ckname_dir", "checkpoint-1.h5"), exist_ok=True)
+    os.makedirs(os.path.join(w, "out_ckname_file"), exist_ok=True)
+    with open(os.path.join(w, "out_ckname_file", "checkpoint-1.h5"), "w") as f:
+        f.write("my notes, not a checkpoint\n")
+
+
 def make_fixtures(w, binary):
     shutil.rmtree(w, ignore_errors=True)
     os.makedirs(w)
@@ -389,6 +397,7 @@ def make_fixtures(w, binary):
     make_token_caches(w, binary)
     make_checkpoints(w, binary)
     make_safetensors_dirs(w)
+    make_output_dirs(w)
 
 
 # ---- the manifest -----------------------------------------------------------------------------

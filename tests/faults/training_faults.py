@@ -11,6 +11,12 @@
                collective_timeout_s + a few seconds, non-zero, and the message names that rank
                (arrival check; mpirun for a killed rank) or, when the rank stopped inside a
                collective every rank had entered, names the collective and step (watchdog).
+  disk         -np 2: a file size limit (ulimit -f) below one checkpoint and an unwritable output_dir
+               are refused before training, naming the path, creating nothing; the disk "fills up"
+               mid-run (RLIMIT_FSIZE of rank 0 lowered with prlimit: writes fail with EFBIG, as
+               with ENOSPC on a full disk): the next save fails, every rank exits 1 with one error
+               line naming the checkpoint, the reason and the last complete checkpoint, which is
+               left byte for byte; resume auto then ends bit-identical to an uninterrupted run.
 
 Writes its own data (tests/trainer/compare_ranks.py --data-only) so it depends on nothing else."""
 import argparse
@@ -232,16 +238,116 @@ def check_lost_rank(args):
               % (how, took, timeout_s, process.returncode, said))
 
 
+def single_error_line(output):
+    lines = [l for l in output.splitlines() if "llmqs-dist: error" in l]
+    return lines[0] if len(lines) == 1 else None
+
+
+def no_crash(output):
+    return not any(marker in output for marker in ("Segmentation", "signal 11", "Aborted", "core dumped",
+                                                   "terminate called", "MPI_ABORT"))
+
+
+def sha256(path):
+    import hashlib
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def check_disk(args):
+    import resource
+    common = ("--per_device_train_batch_size", "4", "--logging_steps", "100")
+
+    # A file size limit below one checkpoint: refused before the data is read. MPI itself needs a
+    # few MB of shared-memory files per rank, so the limit is 5 MB and the model wider (~22 MB).
+    out = os.path.join(args.work, "disk_limit")
+    shutil.rmtree(out, ignore_errors=True)
+    command = train_command(args, 2, out, "--max_steps", "10", *common)
+    for key, value in (("--hidden_size", "256"), ("--intermediate_size", "1024"), ("--num_attention_heads", "4")):
+        command[command.index(key) + 1] = value
+    inner = " ".join("'%s'" % c for c in command[command.index(args.binary):])
+    limited = command[:command.index(args.binary)] + ["bash", "-c", "ulimit -f 5000 && exec " + inner]
+    result = run(limited)
+    line = single_error_line(result.stdout)
+    if result.returncode == 0 or not line or "ulimit -f" not in line or out not in line:
+        fail("ulimit -f 5000: expected one error naming %s and the file size limit" % out, result.stdout)
+    if "train:" in result.stdout or os.path.exists(out):
+        fail("ulimit -f 5000: training started or %s was created" % out, result.stdout)
+    print("disk: ulimit -f 5000 (KB) -> refused before training: %s" % line)
+
+    # An output_dir nobody may write to (root passes permission bits, sysfs refuses even root).
+    if os.geteuid() != 0:
+        locked = os.path.join(args.work, "disk_locked")
+        os.makedirs(locked, exist_ok=True)
+        os.chmod(locked, 0o555)
+        out = os.path.join(locked, "run")
+    else:
+        out = "/sys/kernel/llmqs-dist-faults-test"
+    result = run(train_command(args, 2, out, "--max_steps", "10", *common))
+    line = single_error_line(result.stdout)
+    if result.returncode == 0 or not line or "is not writable" not in line or out not in line:
+        fail("an unwritable output_dir was not refused with one error naming it", result.stdout)
+    if os.path.exists(out):
+        fail("%s was created" % out)
+    print("disk: unwritable output_dir -> refused before training: %s" % line)
+
+    # The disk fills up mid-run.
+    straight, full = os.path.join(args.work, "disk_straight"), os.path.join(args.work, "disk_full")
+    for d in (straight, full):
+        shutil.rmtree(d, ignore_errors=True)
+    steps = ("--max_steps", "600", "--save_steps", "200", "--per_device_train_batch_size", "4", "--logging_steps", "50")
+    result = run(train_command(args, 2, straight, *steps))
+    if result.returncode != 0:
+        fail("the uninterrupted run exited %d" % result.returncode, result.stdout)
+    process = subprocess.Popen(train_command(args, 2, full, *steps), env=ENV, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    log = []
+    pids = rank_pids(process.pid, 2)
+    first = os.path.join(full, "checkpoint-200.h5")
+    deadline = time.time() + 120
+    while not os.path.exists(first) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.005)
+    resource.prlimit(pids[0], resource.RLIMIT_FSIZE, (100_000, 100_000))  # rank 0 writes; < one checkpoint
+    before = sha256(first)
+    rest, _ = process.communicate(timeout=120)
+    output = "".join(log) + rest
+    line = single_error_line(output)
+    second = os.path.join(full, "checkpoint-400.h5")
+    if process.returncode != 1 or not line or not no_crash(output):
+        fail("full disk: expected exit 1 and one error line, no crash; exit %d" % process.returncode, output)
+    for part in (second + ": cannot write the checkpoint", "File too large",
+                 "training stopped at step 400, the last complete checkpoint is " + first):
+        if part not in line:
+            fail("full disk: the error does not say %r" % part, output)
+    left = sorted(os.listdir(full))
+    if left != ["checkpoint-200.h5", "metrics.jsonl", "runs"]:
+        fail("full disk: %s holds %s (a temporary or a partial checkpoint?)" % (full, left))
+    if sha256(first) != before:
+        fail("full disk: %s changed" % first)
+    result = run(train_command(args, 2, full, *steps, "--resume_from_checkpoint", "auto"))
+    if result.returncode != 0 or "resumed from " + first not in result.stdout:
+        fail("full disk: resume auto exited %d" % result.returncode, result.stdout)
+    a = weights(os.path.join(straight, "checkpoint-600.h5"))
+    b = weights(os.path.join(full, "checkpoint-600.h5"))
+    differ = [name for name in a if not np.array_equal(a[name], b[name])]
+    if differ:
+        fail("full disk: after the resume %d tensors differ from the uninterrupted run" % len(differ))
+    print("disk: the disk filled up (RLIMIT_FSIZE 100 KB on rank 0) after checkpoint-200 -> exit 1, %s; "
+          "checkpoint-200.h5 untouched, nothing else left; resume auto ends bit-identical (%d tensors)"
+          % (line, len(a)))
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("check", choices=["signal", "cross-world", "lost-rank"])
+    parser.add_argument("check", choices=["signal", "cross-world", "lost-rank", "disk"])
     parser.add_argument("--binary", required=True)
     parser.add_argument("--mpiexec", default="mpirun")
     parser.add_argument("--work", required=True)
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
     write_data(args.work)
-    {"signal": check_signal, "cross-world": check_cross_world, "lost-rank": check_lost_rank}[args.check](args)
+    {"signal": check_signal, "cross-world": check_cross_world, "lost-rank": check_lost_rank,
+     "disk": check_disk}[args.check](args)
     print("PASS: " + args.check)
 
 
