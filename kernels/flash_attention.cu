@@ -244,19 +244,21 @@ __device__ __forceinline__ float keep_value(uint2 bits, int col, float keep_scal
 }
 
 // ---- forward ----------------------------------------------------------------------------------
-// One block of 4 warps per (128 queries, row x head); warp w owns queries 32 w .. 32 w + 31 as two
-// 16-row MMA tiles (each K/V fragment read from shared memory feeds two products). K/V tiles of 64
-// keys are double-buffered with cp.async; key tiles at or past the row's length are skipped.
-constexpr int kForwardQueries = 128;
+// One block of 4 warps per (64 MT queries, row x head); warp w owns queries 16 MT w .. + 16 MT - 1
+// as MT 16-row MMA tiles: with MT = 2 each K/V fragment read from shared memory feeds two products.
+// K/V tiles of 64 keys are double-buffered with cp.async; key tiles at or past the row's length are
+// skipped. MT = 1 (159 instead of 255 registers, 3 blocks per SM) measured 0.3 ms per step slower at
+// 64x512 and equal at 256x128 (docs/performance.md, section 3), so the launch uses MT = 2.
+constexpr int kForwardRowTiles = 2;
 
-template <typename T, int D>
-__global__ void __launch_bounds__(kThreads) flash_forward_kernel(T* ctx, float* lse, const uint32_t* mask, const T* q,
-                                                                 const T* k, const T* v, const int32_t* lengths,
-                                                                 int seq, int C, int heads, DropoutSite site) {
+template <typename T, int D, int MT>
+__global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 1)
+    flash_forward_kernel(T* ctx, float* lse, const uint32_t* mask, const T* q, const T* k, const T* v,
+                         const int32_t* lengths, int seq, int C, int heads, DropoutSite site) {
   // [stage][K, V]; the 128-row Q tile uses the same space before the first K/V load.
   __shared__ __align__(128) T smem[4 * Tile<D>::kElements];
   const int bh = blockIdx.y, r = bh / heads, h = bh % heads;
-  const int q0 = blockIdx.x * kForwardQueries;
+  const int q0 = blockIdx.x * (64 * MT);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int len = lengths[r];
   const size_t head_offset = size_t(r) * seq * C + size_t(h) * D;
@@ -265,15 +267,15 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(T* ctx, float* 
   const float keep_scale = 1.0f / (1.0f - site.p);
   const int words = mask_words_per_row(seq);
 
-  load_rows<T, D, kForwardQueries>(smem, q + head_offset, q0, seq, C);
+  load_rows<T, D, 64 * MT>(smem, q + head_offset, q0, seq, C);
   copy_async_commit();
   copy_async_wait<0>();
   __syncthreads();
-  uint32_t qa[2][D / 16][4];
+  uint32_t qa[MT][D / 16][4];
 #pragma unroll
-  for (int m = 0; m < 2; ++m)
+  for (int m = 0; m < MT; ++m)
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) load_a<D>(qa[m][kk], smem, warp * 32 + m * 16, kk * 16, lane);
+    for (int kk = 0; kk < D / 16; ++kk) load_a<D>(qa[m][kk], smem, warp * 16 * MT + m * 16, kk * 16, lane);
   __syncthreads();
 
   auto load_kv = [&](int tile, int stage) {
@@ -282,10 +284,10 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(T* ctx, float* 
     copy_async_commit();
   };
 
-  float o[2][D / 8][4];
-  float row_max[2][2], row_sum[2][2];
+  float o[MT][D / 8][4];
+  float row_max[MT][2], row_sum[MT][2];
 #pragma unroll
-  for (int m = 0; m < 2; ++m) {
+  for (int m = 0; m < MT; ++m) {
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) o[m][n][0] = o[m][n][1] = o[m][n][2] = o[m][n][3] = 0.0f;
     row_max[m][0] = row_max[m][1] = -INFINITY;
@@ -305,20 +307,20 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(T* ctx, float* 
     __syncthreads();
     const T* k_tile = smem + (2 * stage) * Tile<D>::kElements;
     const T* v_tile = smem + (2 * stage + 1) * Tile<D>::kElements;
-    uint2 keep[2][2];  // this tile's keep bits of the thread's four query rows
+    uint2 keep[MT][2];  // this tile's keep bits of the thread's four query rows
 #pragma unroll
-    for (int m = 0; m < 2; ++m)
+    for (int m = 0; m < MT; ++m)
 #pragma unroll
       for (int x = 0; x < 2; ++x) {
-        const int i = q0 + warp * 32 + m * 16 + g + 8 * x;
+        const int i = q0 + warp * 16 * MT + m * 16 + g + 8 * x;
         keep[m][x] = dropout && i < seq
                          ? *reinterpret_cast<const uint2*>(mask + (size_t(bh) * seq + i) * words + 2 * jt)
                          : make_uint2(~0u, ~0u);
       }
 
-    float s[2][kTile / 8][4];
+    float s[MT][kTile / 8][4];
 #pragma unroll
-    for (int m = 0; m < 2; ++m)
+    for (int m = 0; m < MT; ++m)
 #pragma unroll
       for (int n = 0; n < kTile / 8; ++n) s[m][n][0] = s[m][n][1] = s[m][n][2] = s[m][n][3] = 0.0f;
 #pragma unroll
@@ -328,14 +330,14 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(T* ctx, float* 
         uint32_t b[4];
         load_b_rows<D>(b, k_tile, n * 8, kq * 32, lane);
 #pragma unroll
-        for (int m = 0; m < 2; ++m) {
+        for (int m = 0; m < MT; ++m) {
           mma16816<T>(s[m][n], qa[m][2 * kq], b);
           mma16816<T>(s[m][n], qa[m][2 * kq + 1], b + 2);
         }
       }
 
 #pragma unroll
-    for (int m = 0; m < 2; ++m) {
+    for (int m = 0; m < MT; ++m) {
       float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
       for (int n = 0; n < kTile / 8; ++n)
@@ -371,15 +373,15 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(T* ctx, float* 
 
 #pragma unroll
     for (int kk = 0; kk < kTile / 16; ++kk) {
-      uint32_t pa[2][4];
+      uint32_t pa[MT][4];
 #pragma unroll
-      for (int m = 0; m < 2; ++m) acc_to_a<T>(pa[m], s[m][2 * kk], s[m][2 * kk + 1]);
+      for (int m = 0; m < MT; ++m) acc_to_a<T>(pa[m], s[m][2 * kk], s[m][2 * kk + 1]);
 #pragma unroll
       for (int dn = 0; dn < D / 16; ++dn) {
         uint32_t b[4];
         load_b_cols<D>(b, v_tile, kk * 16, dn * 16, lane);
 #pragma unroll
-        for (int m = 0; m < 2; ++m) {
+        for (int m = 0; m < MT; ++m) {
           mma16816<T>(o[m][2 * dn], pa[m], b);
           mma16816<T>(o[m][2 * dn + 1], pa[m], b + 2);
         }
@@ -389,17 +391,18 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(T* ctx, float* 
   }
 
 #pragma unroll
-  for (int m = 0; m < 2; ++m)
+  for (int m = 0; m < MT; ++m)
 #pragma unroll
     for (int x = 0; x < 2; ++x) {
-      const int i = q0 + warp * 32 + m * 16 + g + 8 * x;
+      const int i = q0 + warp * 16 * MT + m * 16 + g + 8 * x;
       const float sum = quad_sum(row_sum[m][x]);
       if (i >= seq) continue;
       const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
       T* out = ctx + head_offset + size_t(i) * C;
 #pragma unroll
       for (int n = 0; n < D / 8; ++n)
-        *reinterpret_cast<uint32_t*>(out + n * 8 + 2 * t) = Pack2<T>::pack(o[m][n][2 * x] * inv, o[m][n][2 * x + 1] * inv);
+        *reinterpret_cast<uint32_t*>(out + n * 8 + 2 * t) =
+            Pack2<T>::pack(o[m][n][2 * x] * inv, o[m][n][2 * x + 1] * inv);
       if (t == 0) lse[size_t(bh) * seq + i] = row_max[m][x] + log2f(sum);
     }
 }
@@ -424,15 +427,21 @@ __global__ void flash_backward_delta_kernel(float* delta, const T* dctx, const T
 }
 
 // dK, dV for one tile of 64 keys: warp w owns keys j0 + 16 w .. + 15 (K and V rows in registers as
-// A fragments) and streams every query tile (Q, dO, lse, delta and the mask block double-buffered).
-// Works on transposed scores S^T (keys x queries) so dV = Pd^T dO and dK = dS^T Q reuse registers.
-template <typename T, int D>
-__global__ void __launch_bounds__(kThreads) flash_backward_kv_kernel(
+// A fragments) and streams the query tiles of QT queries (Q, dO, lse, delta and the mask block
+// double-buffered). Works on transposed scores S^T (keys x queries) so dV = Pd^T dO and dK = dS^T Q
+// reuse registers. QT = 32 (168 instead of 251 registers, 3 blocks per SM) measured 0.35 ms per
+// step slower at 64x512 and equal at 256x128 than QT = 64, which the launch uses.
+constexpr int kBackwardQueryTile = 64;
+
+template <typename T, int D, int QT>
+__global__ void __launch_bounds__(kThreads, QT == 32 ? 3 : 1) flash_backward_kv_kernel(
     T* dk, T* dv, const T* q, const T* k, const T* v, const T* dctx, const float* lse, const float* delta,
     const uint32_t* mask, const int32_t* lengths, int seq, int C, int heads, DropoutSite site) {
-  __shared__ __align__(128) T smem[4 * Tile<D>::kElements];  // [stage][Q, dO]
-  __shared__ float lse_s[2][kTile], delta_s[2][kTile];
-  __shared__ uint2 mask_s[2][kTile];
+  constexpr int kQStride = D + 8, kQElements = QT * kQStride;
+  static_assert(4 * kQElements >= 2 * Tile<D>::kElements, "the K/V staging must fit in the query buffers");
+  __shared__ __align__(128) T smem[4 * kQElements];  // [stage][Q, dO]
+  __shared__ __align__(16) float lse_s[2][QT], delta_s[2][QT];
+  __shared__ __align__(16) uint2 mask_s[2][QT];
   const int bh = blockIdx.y, r = bh / heads, h = bh % heads;
   const int j0 = blockIdx.x * kTile;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -443,6 +452,7 @@ __global__ void __launch_bounds__(kThreads) flash_backward_kv_kernel(
   const float keep_scale = 1.0f / (1.0f - site.p);
   const int words = mask_words_per_row(seq);
   const int kj[2] = {j0 + warp * 16 + g, j0 + warp * 16 + g + 8};
+  const int key_bit[2] = {warp * 16 + g, warp * 16 + g + 8};  // bit of the 64-key mask pair
 
   float dk_acc[D / 8][4], dv_acc[D / 8][4];
 #pragma unroll
@@ -465,25 +475,25 @@ __global__ void __launch_bounds__(kThreads) flash_backward_kv_kernel(
     __syncthreads();
 
     auto load_queries = [&](int tile, int stage) {
-      const int i0 = tile * kTile;
-      load_rows<T, D, kTile>(smem + (2 * stage) * Tile<D>::kElements, q + head_offset, i0, seq, C);
-      load_rows<T, D, kTile>(smem + (2 * stage + 1) * Tile<D>::kElements, dctx + head_offset, i0, seq, C);
-      const int x = threadIdx.x & (kTile - 1);
+      const int i0 = tile * QT;
+      load_rows<T, D, QT>(smem + (2 * stage) * kQElements, q + head_offset, i0, seq, C);
+      load_rows<T, D, QT>(smem + (2 * stage + 1) * kQElements, dctx + head_offset, i0, seq, C);
+      const int x = threadIdx.x & (QT - 1);
       const bool in = i0 + x < seq;
       const size_t row = size_t(bh) * seq + (in ? i0 + x : 0);
-      if (threadIdx.x < kTile) {
+      if (threadIdx.x < QT) {
         copy_async<4>(&lse_s[stage][x], lse + row, in);
         if (dropout) copy_async<8>(&mask_s[stage][x], mask + row * words + 2 * (j0 / kTile), in);
-      } else {
+      } else if (threadIdx.x < 2 * QT) {
         copy_async<4>(&delta_s[stage][x], delta + row, in);
       }
       copy_async_commit();
     };
 
-    const int tiles = (seq + kTile - 1) / kTile;
+    const int tiles = (seq + QT - 1) / QT;
     load_queries(0, 0);
     for (int it = 0; it < tiles; ++it) {
-      const int stage = it & 1, i0 = it * kTile;
+      const int stage = it & 1, i0 = it * QT;
       if (it + 1 < tiles) {
         load_queries(it + 1, stage ^ 1);
         copy_async_wait<1>();
@@ -491,55 +501,63 @@ __global__ void __launch_bounds__(kThreads) flash_backward_kv_kernel(
         copy_async_wait<0>();
       }
       __syncthreads();
-      const T* q_tile = smem + (2 * stage) * Tile<D>::kElements;
-      const T* do_tile = smem + (2 * stage + 1) * Tile<D>::kElements;
+      const T* q_tile = smem + (2 * stage) * kQElements;
+      const T* do_tile = smem + (2 * stage + 1) * kQElements;
 
-      float p[kTile / 8][4], dp[kTile / 8][4];
+      float p[QT / 8][4], dp[QT / 8][4];
 #pragma unroll
-      for (int n = 0; n < kTile / 8; ++n)
+      for (int n = 0; n < QT / 8; ++n)
 #pragma unroll
         for (int e = 0; e < 4; ++e) p[n][e] = dp[n][e] = 0.0f;
 #pragma unroll
-      for (int n = 0; n < kTile / 8; ++n)
+      for (int n = 0; n < QT / 8; ++n)
 #pragma unroll
         for (int kq = 0; kq < D / 32; ++kq) {
           uint32_t b[4];
-          load_b_rows<D>(b, q_tile, n * 8, kq * 32, lane);
+          ldsm_x4(b, q_tile + (n * 8 + (lane & 7)) * kQStride + kq * 32 + (lane >> 3) * 8);
           mma16816<T>(p[n], ka[2 * kq], b);
           mma16816<T>(p[n], ka[2 * kq + 1], b + 2);
-          load_b_rows<D>(b, do_tile, n * 8, kq * 32, lane);
+          ldsm_x4(b, do_tile + (n * 8 + (lane & 7)) * kQStride + kq * 32 + (lane >> 3) * 8);
           mma16816<T>(dp[n], va[2 * kq], b);
           mma16816<T>(dp[n], va[2 * kq + 1], b + 2);
         }
-      // p -> Pd^T (dropped probabilities), dp -> dS^T.
+      // p -> Pd^T (dropped probabilities), dp -> dS^T. Element e of block n: query column
+      // n * 8 + 2t + (e & 1), key kj[e >> 1]; the two query columns' lse, delta and mask words
+      // are adjacent in shared memory (one 8- or 16-byte load each).
 #pragma unroll
-      for (int n = 0; n < kTile / 8; ++n)
+      for (int n = 0; n < QT / 8; ++n) {
+        const int col = n * 8 + 2 * t;
+        const float2 lse2 = *reinterpret_cast<const float2*>(&lse_s[stage][col]);
+        const float2 delta2 = *reinterpret_cast<const float2*>(&delta_s[stage][col]);
+        uint4 mask2 = make_uint4(~0u, ~0u, ~0u, ~0u);
+        if (dropout) mask2 = *reinterpret_cast<const uint4*>(&mask_s[stage][col]);
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int col = n * 8 + 2 * t + (e & 1), key = kj[e >> 1];
-          const bool valid = i0 + col < seq && key < len;
-          const float prob = valid ? exp2f(p[n][e] * scale2 - lse_s[stage][col]) : 0.0f;
+          const int y = e & 1, x = e >> 1;
+          const bool valid = i0 + col + y < seq && kj[x] < len;
+          const float row_lse = y ? lse2.y : lse2.x, row_delta = y ? delta2.y : delta2.x;
+          const float prob = valid ? exp2f(p[n][e] * scale2 - row_lse) : 0.0f;
           float keep = 1.0f;
           if (dropout) {
-            const uint2 w = mask_s[stage][col];
-            const int bit = key - j0;
-            keep = ((bit < 32 ? w.x : w.y) >> (bit & 31)) & 1u ? keep_scale : 0.0f;
+            const uint32_t word = key_bit[x] < 32 ? (y ? mask2.z : mask2.x) : (y ? mask2.w : mask2.y);
+            keep = (word >> (key_bit[x] & 31)) & 1u ? keep_scale : 0.0f;
           }
-          dp[n][e] = prob * (dp[n][e] * keep - delta_s[stage][col]);
+          dp[n][e] = prob * (dp[n][e] * keep - row_delta);
           p[n][e] = prob * keep;
         }
+      }
 #pragma unroll
-      for (int kk = 0; kk < kTile / 16; ++kk) {
+      for (int kk = 0; kk < QT / 16; ++kk) {
         uint32_t pa[4], sa[4];
         acc_to_a<T>(pa, p[2 * kk], p[2 * kk + 1]);
         acc_to_a<T>(sa, dp[2 * kk], dp[2 * kk + 1]);
 #pragma unroll
         for (int dn = 0; dn < D / 16; ++dn) {
           uint32_t b[4];
-          load_b_cols<D>(b, do_tile, kk * 16, dn * 16, lane);
+          ldsm_x4_trans(b, do_tile + (kk * 16 + (lane & 15)) * kQStride + dn * 16 + (lane >> 4) * 8);
           mma16816<T>(dv_acc[2 * dn], pa, b);
           mma16816<T>(dv_acc[2 * dn + 1], pa, b + 2);
-          load_b_cols<D>(b, q_tile, kk * 16, dn * 16, lane);
+          ldsm_x4_trans(b, q_tile + (kk * 16 + (lane & 15)) * kQStride + dn * 16 + (lane >> 4) * 8);
           mma16816<T>(dk_acc[2 * dn], sa, b);
           mma16816<T>(dk_acc[2 * dn + 1], sa, b + 2);
         }
@@ -682,10 +700,10 @@ template <typename T, int D>
 void launch_forward(void* ctx, float* lse, const uint32_t* mask, const void* q, const void* k, const void* v,
                     const int32_t* lengths, int rows, int seq, int C, int heads, const DropoutSite& site,
                     cudaStream_t stream) {
-  const dim3 grid(ceil_div(seq, kForwardQueries), rows * heads);
-  flash_forward_kernel<T, D><<<grid, kThreads, 0, stream>>>(static_cast<T*>(ctx), lse, mask, static_cast<const T*>(q),
-                                                            static_cast<const T*>(k), static_cast<const T*>(v),
-                                                            lengths, seq, C, heads, site);
+  const dim3 grid(ceil_div(seq, 64 * kForwardRowTiles), rows * heads);
+  flash_forward_kernel<T, D, kForwardRowTiles><<<grid, kThreads, 0, stream>>>(
+      static_cast<T*>(ctx), lse, mask, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
+      lengths, seq, C, heads, site);
   CUDA_CHECK_LAUNCH("flash_forward_kernel");
 }
 
@@ -698,7 +716,7 @@ void launch_backward(void* dq, void* dk, void* dv, const void* dctx, const void*
       delta, static_cast<const T*>(dctx), static_cast<const T*>(ctx), rows, seq, C, heads);
   CUDA_CHECK_LAUNCH("flash_backward_delta_kernel");
   const dim3 grid(ceil_div(seq, kTile), rows * heads);
-  flash_backward_kv_kernel<T, D><<<grid, kThreads, 0, stream>>>(
+  flash_backward_kv_kernel<T, D, kBackwardQueryTile><<<grid, kThreads, 0, stream>>>(
       static_cast<T*>(dk), static_cast<T*>(dv), static_cast<const T*>(q), static_cast<const T*>(k),
       static_cast<const T*>(v), static_cast<const T*>(dctx), lse, delta, mask, lengths, seq, C, heads, site);
   CUDA_CHECK_LAUNCH("flash_backward_kv_kernel");

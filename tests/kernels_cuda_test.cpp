@@ -425,8 +425,8 @@ TEST_P(CudaKernels, FlashAttentionWithPaddingAndDropoutMatchesCpu) {
                  << " code here (the T4 build), where bf16 attention takes the unfused path";
   }
   uint32_t seed = 900;
-  // seq 77 and 130 take the forward's per-element Philox path (seq % 4 != 0), the others one call
-  // per four keys; 256 spans two 128-query forward blocks and four key tiles.
+  // seq 77 and 130 take the mask kernel's per-element Philox path (seq % 4 != 0), the others one
+  // call per four keys; 256 spans two 128-query forward blocks and four key tiles.
   for (const Shape& s : {Shape{2, 128, 128, 2, {100, 128}}, Shape{3, 77, 96, 3, {77, 40, 1}},
                          Shape{1, 200, 256, 4, {131}}, Shape{2, 256, 128, 2, {256, 190}},
                          Shape{1, 130, 64, 2, {130}}}) {
