@@ -18,9 +18,9 @@ sources[fuzz_wordpiece]="data/wordpiece_tokenizer.cpp"
 libs[fuzz_wordpiece]="-lutf8proc"
 sources[fuzz_vocab_file]="data/wordpiece_tokenizer.cpp"
 libs[fuzz_vocab_file]="-lutf8proc"
-sources[fuzz_safetensors]="core/safetensors.cpp core/checkpoint.cpp core/parameters.cpp core/model_config.cpp"
+sources[fuzz_safetensors]="core/safetensors.cpp core/checkpoint.cpp core/parameters.cpp core/model_config.cpp data/hdf5_guard.cpp"
 libs[fuzz_safetensors]="$hdf5_lib -fopenmp"
-sources[fuzz_checkpoint]="core/checkpoint.cpp core/parameters.cpp core/model_config.cpp"
+sources[fuzz_checkpoint]="core/checkpoint.cpp core/parameters.cpp core/model_config.cpp data/hdf5_guard.cpp"
 libs[fuzz_checkpoint]="$hdf5_lib -fopenmp"
 
 targets=("$@")

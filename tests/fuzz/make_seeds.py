@@ -28,12 +28,16 @@ def safetensors(tensors, metadata=None, pad=True):
     return struct.pack("<Q", len(h)) + h + blob
 
 
-# byte 0 of dataset_reader inputs: bit 0 jsonl, bits 1-2 label offset (auto/0/1), bit 3 num_labels 5
+# byte 0 of dataset_reader inputs: bit 0 jsonl, bits 1-2 label offset (auto/0/1), bit 3 num_labels 5,
+# bit 4 labels_optional (predict)
 put("fuzz_dataset_reader", "yelp_csv", b"\x00" + b'"1","good food"\n"5","great, ""really"" great\\nyes"\n')
 put("fuzz_dataset_reader", "hf_csv", b"\x02" + b"label,text\n0,fine\n4,\"multi\nline\"\n")
 put("fuzz_dataset_reader", "bom_crlf_csv", b"\x08" + b'\xef\xbb\xbf"2","a"\r\n"3","b"\r\n')
 put("fuzz_dataset_reader", "jsonl", b"\x01" + b'{"label": 0, "text": "caf\\u00e9"}\n{"text": "x", "label": 4}\n')
 put("fuzz_dataset_reader", "jsonl_unicode", b"\x09" + '{"label": 3, "text": "日本語 ok"}\n'.encode())
+put("fuzz_dataset_reader", "predict_csv_one_column", b"\x10" + b'"great, really"\nplain text\n')
+put("fuzz_dataset_reader", "predict_csv_text_header", b"\x10" + b'id,text\n7,"a ""quoted"" b"\n8,c\n')
+put("fuzz_dataset_reader", "predict_jsonl_no_label", b"\x11" + b'{"text": "x"}\n{"id": 2, "text": "y"}\n')
 
 # byte 0 of wordpiece inputs: bit 0 uncased, bits 1-7 max_length - 2
 for i, text in enumerate(["Hello, world! The food was great.", "unaffable [CLS] [SEP] [UNK] [PAD] [MASK]",
