@@ -29,6 +29,11 @@ class Communicator {
   virtual void all_reduce_sum_host(int64_t* data, size_t count) = 0;
   virtual void broadcast_host(void* data, size_t bytes, int root) = 0;
   virtual void barrier() = 0;
+  // Called by the collective watchdog (core/trainer.h) from its own thread when a collective has
+  // hung past the timeout, just before the job ends: makes collectives in flight on this rank
+  // return instead of waiting forever (NCCL: ncclCommAbort). After it, no collective may be
+  // called again. Default: nothing to do (MPI_Abort follows).
+  virtual void abort() {}
 };
 
 // MPI must be initialised first (see MpiSession). Never null.

@@ -6,6 +6,7 @@
 #include <nccl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <stdexcept>
 #include <string>
 
@@ -43,7 +44,14 @@ class NcclCommunicator final : public Communicator {
   }
 
   ~NcclCommunicator() override {
-    if (comm_) ncclCommDestroy(comm_);
+    if (comm_ && !aborted_.load()) ncclCommDestroy(comm_);
+  }
+
+  // From the watchdog's thread while this rank's main thread may be blocked in a collective:
+  // ncclCommAbort is the call NCCL provides for exactly that (it frees the communicator, which
+  // must not be destroyed again). Only the first call aborts.
+  void abort() override {
+    if (comm_ && !aborted_.exchange(true)) ncclCommAbort(comm_);
   }
 
   const char* name() const override { return "nccl"; }
@@ -72,6 +80,7 @@ class NcclCommunicator final : public Communicator {
   std::unique_ptr<Communicator> host_;  // MPI, for host buffers and the unique id
   int rank_ = 0, size_ = 1, device_ = 0;
   ncclComm_t comm_ = nullptr;
+  std::atomic<bool> aborted_{false};
 };
 
 }  // namespace

@@ -328,6 +328,7 @@ void CollectiveWatchdog::abort_job(const std::string& message) {
     for_test = abort_for_test_;
   }
   if (for_test) {
+    if (hook) hook();
     for_test(message);
     throw std::runtime_error(message);  // the test's hook returned: unwind instead of aborting
   }
@@ -571,6 +572,9 @@ Trainer::Trainer(TrainConfig config, comm::Communicator& comm, std::unique_ptr<B
 
   backend_ = backend ? std::move(backend) : make_backend(config_, comm_);
   watchdog_ = std::make_unique<CollectiveWatchdog>(config_.collective_timeout_s, comm_.rank());
+  // A hung collective: unblock this rank's own collectives in flight (ncclCommAbort) before the
+  // job ends, so the GPU work queued behind them does not keep the process alive.
+  watchdog_->set_abort_hook([this] { comm_.abort(); });
   arrivals_ = std::make_unique<ArrivalCheck>(comm_.rank(), comm_.world_size(), config_.collective_timeout_s);
 
   const int world = comm_.world_size();

@@ -257,6 +257,22 @@ TEST_F(TrainerTest, LossFallsAndMetricsFileHasHfKeysAndFractionalEpochs) {
   EXPECT_NEAR(again.loss, summary.final_eval.loss, 1e-6 * summary.final_eval.loss);
 }
 
+// A collective that hangs past the timeout: the watchdog runs the communicator's abort (NCCL:
+// ncclCommAbort, so the rank's collectives in flight return) before it ends the job.
+TEST_F(TrainerTest, WatchdogTimeoutAbortsTheCommunicatorsCollectives) {
+  LoneCommunicator comm;
+  core::TrainConfig config = tiny_config("watchdog");
+  config.validation_file.clear();
+  config.max_steps = 1;
+  core::Trainer trainer(config, comm);
+  std::string message;
+  trainer.watchdog().set_abort_for_test([&](const std::string& m) { message = m; });
+  EXPECT_EQ(comm.aborts, 0);
+  EXPECT_THROW(trainer.watchdog().abort_job("the gradient all-reduce did not complete"), std::runtime_error);
+  EXPECT_EQ(comm.aborts, 1);
+  EXPECT_EQ(message, "the gradient all-reduce did not complete");
+}
+
 TEST_F(TrainerTest, LearningRateFollowsWarmupAndLinearDecay) {
   LoneCommunicator comm;
   core::TrainConfig config = tiny_config("schedule");
