@@ -166,6 +166,29 @@ __device__ __forceinline__ void load_rows(T* tile, const T* src, int row0, int l
   }
 }
 
+// Tile `tile` of 64 keys of K and V into the shared-memory stage `stage` ([stage][K, V] tiles).
+template <typename T, int D>
+__device__ __forceinline__ void load_key_value_tiles(T* smem, const T* k, const T* v, int tile, int stage, int seq,
+                                                     int C) {
+  load_rows<T, D, kTile>(smem + (2 * stage) * Tile<D>::kElements, k, tile * kTile, seq, C);
+  load_rows<T, D, kTile>(smem + (2 * stage + 1) * Tile<D>::kElements, v, tile * kTile, seq, C);
+  copy_async_commit();
+}
+
+// The double-buffered stream's step `it` of `tiles`: starts loading tile it + 1 into the other
+// stage (load(tile, stage) issues and commits the copies), then waits until tile it has landed
+// and every thread is done with the stage the next load overwrites.
+template <typename Load>
+__device__ __forceinline__ void prefetch_next_and_wait(int it, int tiles, Load&& load) {
+  if (it + 1 < tiles) {
+    load(it + 1, (it + 1) & 1);
+    copy_async_wait<1>();
+  } else {
+    copy_async_wait<0>();
+  }
+  __syncthreads();
+}
+
 // A fragments (16 x 16 at row r0, column k0) of a row-major tile.
 template <int D, typename T>
 __device__ __forceinline__ void load_a(uint32_t (&a)[4], const T* tile, int r0, int k0, int lane) {
@@ -279,9 +302,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 1)
   __syncthreads();
 
   auto load_kv = [&](int tile, int stage) {
-    load_rows<T, D, kTile>(smem + (2 * stage) * Tile<D>::kElements, k + head_offset, tile * kTile, seq, C);
-    load_rows<T, D, kTile>(smem + (2 * stage + 1) * Tile<D>::kElements, v + head_offset, tile * kTile, seq, C);
-    copy_async_commit();
+    load_key_value_tiles<T, D>(smem, k + head_offset, v + head_offset, tile, stage, seq, C);
   };
 
   float o[MT][D / 8][4];
@@ -298,13 +319,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 1)
   if (tiles > 0) load_kv(0, 0);
   for (int jt = 0; jt < tiles; ++jt) {
     const int stage = jt & 1, j0 = jt * kTile;
-    if (jt + 1 < tiles) {
-      load_kv(jt + 1, stage ^ 1);
-      copy_async_wait<1>();
-    } else {
-      copy_async_wait<0>();
-    }
-    __syncthreads();
+    prefetch_next_and_wait(jt, tiles, load_kv);
     const T* k_tile = smem + (2 * stage) * Tile<D>::kElements;
     const T* v_tile = smem + (2 * stage + 1) * Tile<D>::kElements;
     uint2 keep[MT][2];  // this tile's keep bits of the thread's four query rows
@@ -494,13 +509,7 @@ __global__ void __launch_bounds__(kThreads, QT == 32 ? 3 : 1) flash_backward_kv_
     load_queries(0, 0);
     for (int it = 0; it < tiles; ++it) {
       const int stage = it & 1, i0 = it * QT;
-      if (it + 1 < tiles) {
-        load_queries(it + 1, stage ^ 1);
-        copy_async_wait<1>();
-      } else {
-        copy_async_wait<0>();
-      }
-      __syncthreads();
+      prefetch_next_and_wait(it, tiles, load_queries);
       const T* q_tile = smem + (2 * stage) * kQElements;
       const T* do_tile = smem + (2 * stage + 1) * kQElements;
 
@@ -620,21 +629,13 @@ __global__ void __launch_bounds__(kThreads) flash_backward_q_kernel(
   for (int n = 0; n < D / 8; ++n) dq_acc[n][0] = dq_acc[n][1] = dq_acc[n][2] = dq_acc[n][3] = 0.0f;
 
   auto load_kv = [&](int tile, int stage) {
-    load_rows<T, D, kTile>(smem + (2 * stage) * Tile<D>::kElements, k + head_offset, tile * kTile, seq, C);
-    load_rows<T, D, kTile>(smem + (2 * stage + 1) * Tile<D>::kElements, v + head_offset, tile * kTile, seq, C);
-    copy_async_commit();
+    load_key_value_tiles<T, D>(smem, k + head_offset, v + head_offset, tile, stage, seq, C);
   };
   const int tiles = (len + kTile - 1) / kTile;
   if (tiles > 0) load_kv(0, 0);
   for (int jt = 0; jt < tiles; ++jt) {
     const int stage = jt & 1, j0 = jt * kTile;
-    if (jt + 1 < tiles) {
-      load_kv(jt + 1, stage ^ 1);
-      copy_async_wait<1>();
-    } else {
-      copy_async_wait<0>();
-    }
-    __syncthreads();
+    prefetch_next_and_wait(jt, tiles, load_kv);
     const T* k_tile = smem + (2 * stage) * Tile<D>::kElements;
     const T* v_tile = smem + (2 * stage + 1) * Tile<D>::kElements;
     uint2 keep[2] = {make_uint2(~0u, ~0u), make_uint2(~0u, ~0u)};
