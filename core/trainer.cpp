@@ -11,6 +11,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -18,6 +19,7 @@
 #include <stdexcept>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include <cuda_runtime.h>
@@ -308,6 +310,29 @@ void CollectiveWatchdog::leave() {
   std::lock_guard<std::mutex> lock(mutex_);
   inside_ = false;
 }
+
+namespace {
+
+// Test hook, off unless the environment sets LLMQS_TEST_HOOK_STALL_RANK_AT_STEP=R:S: rank R stops
+// for good after it reported its arrival at step S's gradient all-reduce and before it calls it,
+// so its peers block inside the all-reduce (NCCL: a kernel waiting on the GPU) and the collective
+// watchdog has to end the job (tests/faults/lost_rank_multi_gpu.py). Read once per process.
+void stall_for_test_if_asked(int rank, int64_t step) {
+  static const std::pair<int, int64_t> target = [] {
+    const char* value = std::getenv("LLMQS_TEST_HOOK_STALL_RANK_AT_STEP");
+    int r = -1;
+    long long s = -1;
+    if (value && std::sscanf(value, "%d:%lld", &r, &s) != 2) r = -1;
+    return std::make_pair(r, static_cast<int64_t>(s));
+  }();
+  if (rank != target.first || step != target.second) return;
+  std::fprintf(stderr, "llmqs-dist: test hook: rank %d stalls before the gradient all-reduce of step %lld\n", rank,
+               static_cast<long long>(step));
+  std::fflush(stderr);
+  for (;;) ::pause();
+}
+
+}  // namespace
 
 void CollectiveWatchdog::set_abort_hook(std::function<void()> hook) {
   std::lock_guard<std::mutex> lock(mutex_);
@@ -813,6 +838,7 @@ Trainer::StepResult Trainer::train_step(StepBatches& batches) {
   }
   const int64_t step = state_.global_step + 1;  // 1-based, as logged
   arrivals_->arrive(step, 1, *watchdog_);
+  stall_for_test_if_asked(comm_.rank(), step);
   watchdog_->enter("the gradient all-reduce", step);
   comm_.all_reduce_sum(backend_->gradient_buffer(), backend_->layout().total_numel());
   comm_.all_reduce_sum_host(sums, 2);

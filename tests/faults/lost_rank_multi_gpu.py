@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """On a machine with 2 GPUs (NCCL): one of the two training ranks is stopped (SIGSTOP: a hang) or
-killed (SIGKILL) mid-run; the job must end within collective_timeout_s + 10 s with a message, never
-hang. The CPU twin of this check is tests/faults/training_faults.py lost-rank (CTest, 3 ranks).
+killed (SIGKILL) mid-run, or stalls by itself after reporting its arrival at a gradient all-reduce
+(the test hook LLMQS_TEST_HOOK_STALL_RANK_AT_STEP, so rank 0 blocks inside the all-reduce and only
+the collective watchdog, with ncclCommAbort, can end it); the job must end within
+collective_timeout_s + 10 s with a message, never hang. The CPU twin of this check is tests/faults/training_faults.py lost-rank (CTest, 3 ranks).
 Usage, from the repository root on the GPU machine: lost_rank_multi_gpu.py LLMQS_BINARY WORK_DIR
 (results of 2026-11-29: docs/faults_training.md)."""
 import os, signal, subprocess, sys, time
@@ -11,8 +13,9 @@ env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIR
 subprocess.run([b, "sample", "--output_dir", w + "/sample"], stdout=subprocess.DEVNULL, env=env)
 timeout_s = 8
 failed = False
-for how in ("SIGSTOP", "SIGKILL"):
-    cmd = ["mpirun", "-np", "2", b, "train", "--config", "configs/tiny.ini", "--device", "cuda", "--precision", "bf16",
+for how in ("SIGSTOP", "SIGKILL", "stall"):
+    stall = ["-x", "LLMQS_TEST_HOOK_STALL_RANK_AT_STEP=1:61"] if how == "stall" else []
+    cmd = ["mpirun", "-np", "2"] + stall + [b, "train", "--config", "configs/tiny.ini", "--device", "cuda", "--precision", "bf16",
            "--train_file", w + "/sample/train.csv", "--validation_file", w + "/sample/test.csv", "--vocab", w + "/sample/vocab.txt", "--hidden_size", "768", "--num_hidden_layers", "12", "--num_attention_heads", "12",
            "--intermediate_size", "3072", "--max_length", "128", "--per_device_train_batch_size", "32",
            "--max_steps", "100000", "--logging_steps", "20", "--save_steps", "0",
@@ -23,6 +26,20 @@ for how in ("SIGSTOP", "SIGKILL"):
         log.append(line)
         if "step 60/" in line:
             break
+    if how == "stall":  # no signal: rank 1 stops by itself at step 61
+        sent = time.time()
+        rest, _ = p.communicate(timeout=timeout_s + 40)
+        took = time.time() - sent
+        out = "".join(log) + rest
+        watchdog = "has not completed after %d s (collective_timeout_s)" % timeout_s
+        print("stall of rank 1 inside step 61's gradient all-reduce (2 GPUs, NCCL): job ended %.1f s after step 60, "
+              "exit %s" % (took, p.returncode))
+        for m in [l.strip() for l in out.splitlines() if "error" in l.lower() or "test hook" in l][:4]:
+            print("   ", m[:220])
+        if p.returncode == 0 or took > timeout_s + 15 or watchdog not in out:
+            print("FAIL stall: the watchdog did not end the job in time with its message")
+            failed = True
+        continue
     ranks = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
