@@ -28,6 +28,7 @@
 #include "data/dataset_reader.h"
 #include "data/sample_generator.h"
 #include "data/wordpiece_tokenizer.h"
+#include "tests/support/lone_communicator.h"
 
 namespace fs = std::filesystem;
 using namespace llmqs;
@@ -64,21 +65,6 @@ core::Checkpoint make_checkpoint(int label_offset, int max_length) {
   core::init_bert_parameters(c.model, layout, /*seed=*/7, c.parameters.data());
   return c;
 }
-
-// Communicator of a one-process job: Predictor::from_checkpoint needs one but calls nothing.
-class SingleProcess : public comm::Communicator {
- public:
-  const char* name() const override { return "single"; }
-  int rank() const override { return 0; }
-  int world_size() const override { return 1; }
-  int local_rank() const override { return 0; }
-  void all_reduce_sum(float*, size_t) override {}
-  void broadcast(void*, size_t, int) override {}
-  void all_reduce_sum_host(double*, size_t) override {}
-  void all_reduce_sum_host(int64_t*, size_t) override {}
-  void broadcast_host(void*, size_t, int) override {}
-  void barrier() override {}
-};
 
 void write_text(const fs::path& path, const std::string& contents) {
   std::ofstream out(path, std::ios::binary);
@@ -277,7 +263,7 @@ TEST_F(PredictTest, UsesTheCheckpointsMaxLengthAndLowerCasing) {
 }
 
 TEST_F(PredictTest, LabelOffsetAndModelComeFromTheCheckpointFile) {
-  SingleProcess single;
+  test_support::LoneCommunicator single;  // from_checkpoint needs one; one process
   core::PredictSettings settings;
   settings.device = "cpu";
   settings.batch_size = 4;
