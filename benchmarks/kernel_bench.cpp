@@ -198,6 +198,7 @@ struct Buffers {
   void *dq = nullptr, *dk = nullptr, *dv = nullptr;
   float *lse = nullptr, *delta = nullptr;
   uint32_t* attn_mask = nullptr;  // dropout keep bits: flash_attention_mask_words(B, S, H) words
+  void* attn_ds = nullptr;        // dS^T for the dQ product: flash_attention_ds_elements(B, S, H), or null
   int32_t *lengths_full = nullptr, *lengths_yelp = nullptr;
   // Embeddings: ids [N], fp32 tables, output [N x 768].
   int32_t* ids = nullptr;
@@ -493,8 +494,8 @@ void enqueue_flash_forward(const Buffers& b, const AttentionShape& s, const int3
 
 void enqueue_flash_backward(const Buffers& b, const AttentionShape& s, const int32_t* lengths,
                             const DropoutSite& site, cudaStream_t stream) {
-  cu::flash_attention_backward(b.dq, b.dk, b.dv, b.dctx, b.ctx, b.q, b.k, b.v, b.lse, b.attn_mask, b.delta, lengths,
-                               s.type, s.rows, s.seq, s.C, s.heads, site, stream);
+  cu::flash_attention_backward(b.dq, b.dk, b.dv, b.dctx, b.ctx, b.q, b.k, b.v, b.lse, b.attn_mask, b.delta,
+                               b.attn_ds, lengths, s.type, s.rows, s.seq, s.C, s.heads, site, stream);
 }
 
 // Forward and backward rows at one set of row lengths (`tag`: "full" or "yelp").
@@ -529,8 +530,8 @@ void attention_rows(Report& report, Timer& timer, const Buffers& b, const Attent
   Row bwd;
   bwd.name = "flash_attention_bwd." + tag;
   bwd.shape = shape;
-  bwd.call = "flash_attention_backward(dq, dk, dv, dctx, ctx, q, k, v, lse, dropout_mask, delta, lengths, type, B, S, "
-             "768, 12, site)";
+  bwd.call = std::string("flash_attention_backward(dq, dk, dv, dctx, ctx, q, k, v, lse, dropout_mask, delta, ") +
+             (b.attn_ds ? "ds" : "null: dQ recomputed") + ", lengths, type, B, S, 768, 12, site)";
   bwd.flops = 2.5 * forward_flops;
   bwd.calls_per_step = calls_per_step;
   bwd.note = "FLOPs counted as 2.5 x the forward's (FlashAttention convention)";
@@ -620,6 +621,9 @@ int run(const Options& o) {
   arena.add(b.delta, size_t(B) * H * S * 4);  // delta_scratch: [rows x heads x seq] fp32
   const size_t mask_bytes = cu::flash_attention_mask_words(B, S, H) * 4;
   arena.add(b.attn_mask, mask_bytes);
+  // The backend's choice (core::attention_ds_planned: LLMQS_ATTENTION_DQ=recompute turns it off).
+  const bool stored_ds = core::attention_ds_planned();
+  arena.add(b.attn_ds, stored_ds ? cu::flash_attention_ds_elements(B, S, H) * es : 0);
   arena.add(b.lengths_full, size_t(B) * 4);
   arena.add(b.lengths_yelp, size_t(B) * 4);
   arena.add(b.ids, size_t(N) * 4);
@@ -636,6 +640,7 @@ int run(const Options& o) {
   arena.add(b.matmul_workspace, kMatmulWorkspaceBytes);
   arena.add(b.pattern, kPatternFloats * 4);
   arena.allocate();
+  if (!stored_ds) b.attn_ds = nullptr;  // the backward then recomputes dQ
 
   cudaStream_t stream = nullptr;  // non-blocking: nothing on the legacy stream can wait behind the gate
   CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));

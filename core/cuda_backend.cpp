@@ -193,6 +193,10 @@ class CudaBackend final : public Backend {
     if (plan_.fused_attention &&
         plan_.attn_mask_bytes != cu::flash_attention_mask_words(max_rows, max_seq_len, config_.num_attention_heads) * 4)
       throw std::logic_error("device memory plan: the attention dropout mask size disagrees with the kernel's layout");
+    if (plan_.attn_ds_bytes != 0 &&
+        plan_.attn_ds_bytes !=
+            cu::flash_attention_ds_elements(max_rows, max_seq_len, config_.num_attention_heads) * plan_.activation_bytes)
+      throw std::logic_error("device memory plan: the attention dS buffer size disagrees with the kernel's layout");
     size_t free_bytes = 0, total_bytes = 0;
     CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
     check_device_memory_fits(config_, max_rows, max_seq_len, precision_, free_bytes, fused_available);
@@ -647,7 +651,7 @@ class CudaBackend final : public Backend {
       if (plan_.fused_attention)
         cu::flash_attention_backward(act(plan_.d_q), act(plan_.d_k), act(plan_.d_v), act(plan_.d_ctx), act(a.ctx),
                                      act(a.q), act(a.k), act(a.v), f32(a.probs), u32(a.attn_mask),
-                                     f32(plan_.att_scores),
+                                     f32(plan_.att_scores), plan_.attn_ds_bytes ? act(plan_.att_ds) : nullptr,
                                      i32(plan_.lengths), type_, B, S, C, H,
                                      layer_site(l, kernels::LayerDropoutSite::kAttentionProbs, attn_p), stream_);
       else

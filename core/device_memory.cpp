@@ -55,6 +55,11 @@ bool fused_attention_planned(const BertConfig& config, const std::string& precis
   return d == 32 || d == 64;
 }
 
+bool attention_ds_planned() {
+  const char* env = std::getenv("LLMQS_ATTENTION_DQ");
+  return !(env && std::string(env) == "recompute");
+}
+
 DeviceMemoryPlan plan_device_memory(const BertConfig& config, int max_rows, int max_seq_len,
                                     const std::string& precision, bool fused_kernels_available) {
   if (precision != "fp32" && precision != "tf32" && precision != "bf16" && precision != "fp16")
@@ -83,6 +88,10 @@ DeviceMemoryPlan plan_device_memory(const BertConfig& config, int max_rows, int 
   // layout of kernels::cuda::flash_attention_mask_words (the backend checks the two agree).
   const size_t mask_bytes = plan.fused_attention ? B * H * S * 2 * ((S + 63) / 64) * 4 : 0;
   plan.attn_mask_bytes = mask_bytes;
+  // dS^T of every (row, head): [B x H x Sp x Sp] with Sp = S rounded up to 64, the layout of
+  // kernels::cuda::flash_attention_ds_elements (checked by the backend), one buffer for all layers.
+  const size_t padded = (S + 63) / 64 * 64;
+  plan.attn_ds_bytes = plan.fused_attention && attention_ds_planned() ? B * H * padded * padded * act : 0;
 
   Planner p;
   plan.params = p.take(P * 4);
@@ -152,6 +161,7 @@ DeviceMemoryPlan plan_device_memory(const BertConfig& config, int max_rows, int 
   plan.att_dv = p.take(heads_copy);
   plan.att_scores = p.take(plan.fused_attention ? B * H * S * 4 : scores * 4);
   plan.att_dropped = p.take(plan.fused_attention ? 0 : scores * act);
+  plan.att_ds = p.take(plan.attn_ds_bytes);
 
   // Column reductions: the widest is 2 x intermediate columns (LayerNorm uses 2C, biases up to I).
   const size_t widest = std::max(2 * C, std::max(I, L));

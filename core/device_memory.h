@@ -45,6 +45,7 @@ struct DeviceMemoryPlan {
   size_t d_h, d_sum, d_tmp, d_ffn, d_q, d_k, d_v, d_ctx, d_pooled;
   // scratch: attention (head-major copies, fp32 scores, dropped probs), reductions, cuBLASLt
   size_t att_q, att_k, att_v, att_ctx, att_dq, att_dk, att_dv, att_scores, att_dropped;
+  size_t att_ds;  // fused: dS^T for the dQ product (attn_ds_bytes; 0 bytes when recomputed)
   size_t reduce_scratch, matmul_workspace;
   size_t matmul_workspace_bytes = 0;
 
@@ -52,11 +53,18 @@ struct DeviceMemoryPlan {
   // otherwise the unfused kernels/attention.cu with its materialised scores.
   bool fused_attention = false;
   size_t attn_mask_bytes = 0;  // per layer (LayerDeviceBuffers::attn_mask)
+  // One buffer shared by the layers: kernels::cuda::flash_attention_ds_elements x activation bytes,
+  // or 0 with LLMQS_ATTENTION_DQ=recompute (dQ by a kernel that recomputes S and P instead).
+  size_t attn_ds_bytes = 0;
 
   size_t arena_bytes = 0;     // one cudaMalloc of this size
   size_t overhead_bytes = 0;  // CUDA context, cuBLASLt handle, NCCL buffers (an allowance)
   size_t total_bytes() const { return arena_bytes + overhead_bytes; }
 };
+
+// Whether the fused attention's backward stores dS for the dQ product (the default) rather than
+// recomputing it in a third kernel (LLMQS_ATTENTION_DQ=recompute: less memory, slower).
+bool attention_ds_planned();
 
 // Whether the plan uses fused (flash) attention: bf16/fp16, head_dim 32 or 64, unless
 // LLMQS_ATTENTION=unfused (the A/B switch; docs/performance.md).

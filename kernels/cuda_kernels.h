@@ -146,13 +146,17 @@ void attention_backward(void* dq, void* dk, void* dv, const void* dctx, const vo
 // the keep bits of every (query, key) from dropout_mask (flash_attention_mask_words(rows, seq,
 // heads) uint32 words, filled by flash_attention_dropout_mask for the same site; may be null when
 // p == 0): the draw is its own kernel so that it can run on another stream, overlapped with the
-// matmuls. delta_scratch: [rows x heads x seq] fp32. dq, dk, dv are overwritten. Unsupported
-// shapes throw.
+// matmuls. delta_scratch: [rows x heads x seq] fp32. ds_scratch: null, or
+// flash_attention_ds_elements(rows, seq, heads) elements of `type`: the dK/dV kernel then stores
+// dS (rounded to `type`, as the products use it) and dQ becomes one product over it, instead of a
+// third kernel that recomputes S, P and dO V^T (measured in docs/performance.md, section 4).
+// dq, dk, dv are overwritten. Unsupported shapes throw.
 bool flash_attention_supported(DType type, int C, int heads);
 // __CUDA_ARCH__ of the code this binary runs on the current GPU (750 for a compute_75-only build on
 // any GPU); 0 without a usable device.
 int loaded_code_arch();
 size_t flash_attention_mask_words(int rows, int seq, int heads);
+size_t flash_attention_ds_elements(int rows, int seq, int heads);
 void flash_attention_dropout_mask(uint32_t* dropout_mask, int rows, int seq, int heads, const DropoutSite& dropout,
                                   cudaStream_t stream);
 void flash_attention_forward(void* ctx, float* lse, const uint32_t* dropout_mask, const void* q, const void* k,
@@ -160,8 +164,8 @@ void flash_attention_forward(void* ctx, float* lse, const uint32_t* dropout_mask
                              const DropoutSite& dropout, cudaStream_t stream);
 void flash_attention_backward(void* dq, void* dk, void* dv, const void* dctx, const void* ctx, const void* q,
                               const void* k, const void* v, const float* lse, const uint32_t* dropout_mask,
-                              float* delta_scratch, const int32_t* lengths, DType type, int rows, int seq, int C,
-                              int heads, const DropoutSite& dropout, cudaStream_t stream);
+                              float* delta_scratch, void* ds_scratch, const int32_t* lengths, DType type, int rows,
+                              int seq, int C, int heads, const DropoutSite& dropout, cudaStream_t stream);
 
 // ---- softmax cross-entropy (kernels/softmax_cross_entropy.cu; CPU twin ...cpu/softmax_cross_entropy.h)
 // logits fp32 [rows x C]; writes loss [rows] fp32, prediction [rows], and when dlogits is not

@@ -234,6 +234,10 @@ __device__ __forceinline__ float quad_sum(float x) {
 // is one aligned 8-byte pair.
 __host__ __device__ __forceinline__ int mask_words_per_row(int seq) { return 2 * ((seq + kTile - 1) / kTile); }
 
+// Rows and columns of one head's dS^T block (flash_attention_ds_elements): seq rounded up to whole
+// 64-key tiles, so the dQ kernel's 64 x 64 loads never need a bound check.
+__host__ __device__ __forceinline__ int ds_pad(int seq) { return (seq + kTile - 1) / kTile * kTile; }
+
 // One thread per 32-key word: word w of query row `row` (= bh * seq + i) holds keep(i, 32 w + b) in
 // bit b, zeros for keys at or past seq. With seq % 4 == 0 each group of four keys from a multiple of
 // 4 is one Philox call (8 per word, the fewest the CPU's layout allows); otherwise one per key.
@@ -450,8 +454,8 @@ constexpr int kBackwardQueryTile = 64;
 
 template <typename T, int D, int QT>
 __global__ void __launch_bounds__(kThreads, QT == 32 ? 3 : 1) flash_backward_kv_kernel(
-    T* dk, T* dv, const T* q, const T* k, const T* v, const T* dctx, const float* lse, const float* delta,
-    const uint32_t* mask, const int32_t* lengths, int seq, int C, int heads, DropoutSite site) {
+    T* dk, T* dv, T* ds_t, const T* q, const T* k, const T* v, const T* dctx, const float* lse, const float* delta,
+    const uint32_t* mask, const int32_t* lengths, int seq, int seq_pad, int C, int heads, DropoutSite site) {
   constexpr int kQStride = D + 8, kQElements = QT * kQStride;
   static_assert(4 * kQElements >= 2 * Tile<D>::kElements, "the K/V staging must fit in the query buffers");
   __shared__ __align__(128) T smem[4 * kQElements];  // [stage][Q, dO]
@@ -560,6 +564,14 @@ __global__ void __launch_bounds__(kThreads, QT == 32 ? 3 : 1) flash_backward_kv_
         uint32_t pa[4], sa[4];
         acc_to_a<T>(pa, p[2 * kk], p[2 * kk + 1]);
         acc_to_a<T>(sa, dp[2 * kk], dp[2 * kk + 1]);
+        if (ds_t) {  // dS^T for the dQ kernel: keys kj[0], kj[1] x queries i0 + 16 kk + 2t (+8), +1
+          T* row0 = ds_t + (size_t(bh) * seq_pad + kj[0]) * seq_pad + i0 + kk * 16 + 2 * t;
+          T* row1 = row0 + 8 * size_t(seq_pad);
+          *reinterpret_cast<uint32_t*>(row0) = sa[0];
+          *reinterpret_cast<uint32_t*>(row1) = sa[1];
+          *reinterpret_cast<uint32_t*>(row0 + 8) = sa[2];
+          *reinterpret_cast<uint32_t*>(row1 + 8) = sa[3];
+        }
 #pragma unroll
         for (int dn = 0; dn < D / 16; ++dn) {
           uint32_t b[4];
@@ -697,6 +709,80 @@ __global__ void __launch_bounds__(kThreads) flash_backward_q_kernel(
   }
 }
 
+// dQ from the dS^T the dK/dV kernel stored ([rows x heads] blocks of seq_pad x seq_pad, key-major:
+// dS^T[bh][j][i]): dQ_i = c sum_j dS_ij k_j, a plain product with no recomputation of S, P or dPd.
+// One block of 4 warps per 64 queries; warp w owns queries i0 + 16 w .. + 15 and streams the key
+// tiles below the length (the dS^T block of 64 keys x 64 queries and the K tile, double-buffered).
+// dS^T is A's transpose in shared memory, so its fragments load with ldmatrix.trans.
+constexpr int kDsStride = kTile + 8;  // same bank-conflict-free padding as Tile<D>
+constexpr int kDsElements = kTile * kDsStride;
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads) flash_backward_q_from_ds_kernel(T* dq, const T* ds_t, const T* k,
+                                                                            const int32_t* lengths, int seq,
+                                                                            int seq_pad, int C, int heads) {
+  constexpr int kStage = Tile<D>::kElements + kDsElements;  // [K tile, dS^T tile]
+  __shared__ __align__(128) T smem[2 * kStage];
+  const int bh = blockIdx.y, r = bh / heads, h = bh % heads;
+  const int i0 = blockIdx.x * kTile;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int len = lengths[r];
+  const size_t head_offset = size_t(r) * seq * C + size_t(h) * D;
+  const T* ds_head = ds_t + size_t(bh) * seq_pad * seq_pad;
+  const float scale = rsqrtf(float(D));
+
+  float dq_acc[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) dq_acc[n][0] = dq_acc[n][1] = dq_acc[n][2] = dq_acc[n][3] = 0.0f;
+
+  auto load = [&](int tile, int stage) {
+    T* k_tile = smem + stage * kStage;
+    load_rows<T, D, kTile>(k_tile, k + head_offset, tile * kTile, seq, C);
+    // 64 key rows x 64 query columns of dS^T: always inside the seq_pad x seq_pad block.
+    constexpr int kChunks = kTile * int(sizeof(T)) / 16;
+    T* ds_tile = k_tile + Tile<D>::kElements;
+    for (int c = threadIdx.x; c < kTile * kChunks; c += kThreads) {
+      const int row = c / kChunks, col = (c % kChunks) * (16 / int(sizeof(T)));
+      copy_async<16>(ds_tile + row * kDsStride + col, ds_head + size_t(tile * kTile + row) * seq_pad + i0 + col, true);
+    }
+    copy_async_commit();
+  };
+  const int tiles = (len + kTile - 1) / kTile;
+  if (tiles > 0) load(0, 0);
+  for (int jt = 0; jt < tiles; ++jt) {
+    const int stage = jt & 1;
+    prefetch_next_and_wait(jt, tiles, load);
+    const T* k_tile = smem + stage * kStage;
+    const T* ds_tile = k_tile + Tile<D>::kElements;
+#pragma unroll
+    for (int kk = 0; kk < kTile / 16; ++kk) {
+      // A = dS (queries x keys) = the tile's transpose: matrix l / 8 of lane l is keys
+      // kk * 16 + 8 (l / 16) + l % 8, queries 16 w + 8 ((l / 8) % 2).
+      uint32_t sa[4];
+      ldsm_x4_trans(sa, ds_tile + (kk * 16 + ((lane >> 4) << 3) + (lane & 7)) * kDsStride + warp * 16 +
+                            ((lane >> 3) & 1) * 8);
+#pragma unroll
+      for (int dn = 0; dn < D / 16; ++dn) {
+        uint32_t b[4];
+        load_b_cols<D>(b, k_tile, kk * 16, dn * 16, lane);
+        mma16816<T>(dq_acc[2 * dn], sa, b);
+        mma16816<T>(dq_acc[2 * dn + 1], sa, b + 2);
+      }
+    }
+    __syncthreads();  // the next iteration's prefetch overwrites this stage
+  }
+#pragma unroll
+  for (int x = 0; x < 2; ++x) {
+    const int i = i0 + warp * 16 + g + 8 * x;
+    if (i >= seq) continue;
+    T* out = dq + head_offset + size_t(i) * C;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+      *reinterpret_cast<uint32_t*>(out + n * 8 + 2 * t) =
+          Pack2<T>::pack(dq_acc[n][2 * x] * scale, dq_acc[n][2 * x + 1] * scale);
+  }
+}
+
 template <typename T, int D>
 void launch_forward(void* ctx, float* lse, const uint32_t* mask, const void* q, const void* k, const void* v,
                     const int32_t* lengths, int rows, int seq, int C, int heads, const DropoutSite& site,
@@ -710,21 +796,30 @@ void launch_forward(void* ctx, float* lse, const uint32_t* mask, const void* q, 
 
 template <typename T, int D>
 void launch_backward(void* dq, void* dk, void* dv, const void* dctx, const void* ctx, const void* q, const void* k,
-                     const void* v, const float* lse, const uint32_t* mask, float* delta, const int32_t* lengths,
-                     int rows, int seq, int C, int heads, const DropoutSite& site, cudaStream_t stream) {
+                     const void* v, const float* lse, const uint32_t* mask, float* delta, void* ds_scratch,
+                     const int32_t* lengths, int rows, int seq, int C, int heads, const DropoutSite& site,
+                     cudaStream_t stream) {
   const size_t warps = size_t(rows) * seq * heads;
   flash_backward_delta_kernel<T, D><<<ceil_div(warps, 8), 256, 0, stream>>>(
       delta, static_cast<const T*>(dctx), static_cast<const T*>(ctx), rows, seq, C, heads);
   CUDA_CHECK_LAUNCH("flash_backward_delta_kernel");
   const dim3 grid(ceil_div(seq, kTile), rows * heads);
+  const int seq_pad = ds_pad(seq);
+  T* ds_t = static_cast<T*>(ds_scratch);
   flash_backward_kv_kernel<T, D, kBackwardQueryTile><<<grid, kThreads, 0, stream>>>(
-      static_cast<T*>(dk), static_cast<T*>(dv), static_cast<const T*>(q), static_cast<const T*>(k),
-      static_cast<const T*>(v), static_cast<const T*>(dctx), lse, delta, mask, lengths, seq, C, heads, site);
+      static_cast<T*>(dk), static_cast<T*>(dv), ds_t, static_cast<const T*>(q), static_cast<const T*>(k),
+      static_cast<const T*>(v), static_cast<const T*>(dctx), lse, delta, mask, lengths, seq, seq_pad, C, heads, site);
   CUDA_CHECK_LAUNCH("flash_backward_kv_kernel");
-  flash_backward_q_kernel<T, D><<<grid, kThreads, 0, stream>>>(
-      static_cast<T*>(dq), static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
-      static_cast<const T*>(dctx), lse, delta, mask, lengths, seq, C, heads, site);
-  CUDA_CHECK_LAUNCH("flash_backward_q_kernel");
+  if (ds_t) {
+    flash_backward_q_from_ds_kernel<T, D><<<grid, kThreads, 0, stream>>>(
+        static_cast<T*>(dq), ds_t, static_cast<const T*>(k), lengths, seq, seq_pad, C, heads);
+    CUDA_CHECK_LAUNCH("flash_backward_q_from_ds_kernel");
+  } else {
+    flash_backward_q_kernel<T, D><<<grid, kThreads, 0, stream>>>(
+        static_cast<T*>(dq), static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
+        static_cast<const T*>(dctx), lse, delta, mask, lengths, seq, C, heads, site);
+    CUDA_CHECK_LAUNCH("flash_backward_q_kernel");
+  }
 }
 
 void check_supported(DType type, int C, int heads, const char* who) {
@@ -771,6 +866,11 @@ bool flash_attention_supported(DType type, int C, int heads) {
   return d == 32 || d == 64;
 }
 
+size_t flash_attention_ds_elements(int rows, int seq, int heads) {
+  if (rows <= 0 || seq <= 0 || heads <= 0) return 0;
+  return size_t(rows) * heads * ds_pad(seq) * ds_pad(seq);
+}
+
 size_t flash_attention_mask_words(int rows, int seq, int heads) {
   if (rows <= 0 || seq <= 0 || heads <= 0) return 0;
   return size_t(rows) * heads * seq * mask_words_per_row(seq);
@@ -807,16 +907,16 @@ void flash_attention_forward(void* ctx, float* lse, const uint32_t* dropout_mask
 
 void flash_attention_backward(void* dq, void* dk, void* dv, const void* dctx, const void* ctx, const void* q,
                               const void* k, const void* v, const float* lse, const uint32_t* dropout_mask,
-                              float* delta_scratch, const int32_t* lengths, DType type, int rows, int seq, int C,
-                              int heads, const DropoutSite& dropout, cudaStream_t stream) {
+                              float* delta_scratch, void* ds_scratch, const int32_t* lengths, DType type, int rows,
+                              int seq, int C, int heads, const DropoutSite& dropout, cudaStream_t stream) {
   check_supported(type, C, heads, "flash_attention_backward");
   if (dropout.p > 0.0f && dropout_mask == nullptr)
     throw std::invalid_argument("flash_attention_backward: dropout needs the forward's mask buffer");
   if (rows <= 0 || seq <= 0) return;
   const int d = C / heads;
 #define LLMQS_FLASH_BWD(T, D)                                                                                   \
-  launch_backward<T, D>(dq, dk, dv, dctx, ctx, q, k, v, lse, dropout_mask, delta_scratch, lengths, rows, seq, C, \
-                        heads, dropout, stream)
+  launch_backward<T, D>(dq, dk, dv, dctx, ctx, q, k, v, lse, dropout_mask, delta_scratch, ds_scratch, lengths, rows, \
+                        seq, C, heads, dropout, stream)
   if (type == DType::kBF16) {
     if (d == 64) LLMQS_FLASH_BWD(__nv_bfloat16, 64);
     else LLMQS_FLASH_BWD(__nv_bfloat16, 32);

@@ -449,18 +449,12 @@ TEST_P(CudaKernels, FlashAttentionWithPaddingAndDropoutMatchesCpu) {
       DeviceArray dq(n, type), dk(n, type), dv(n, type), lse(nl, DType::kF32), delta(nl, DType::kF32);
       DeviceArray mask(cu::flash_attention_mask_words(s.rows, s.seq, s.heads), DType::kF32);  // uint32 words
       std::unique_ptr<DeviceArray> lengths(upload_ints(s.lengths));
+      DeviceArray ds(cu::flash_attention_ds_elements(s.rows, s.seq, s.heads), type);
       ctx.poison();
-      dq.poison();
-      dk.poison();
-      dv.poison();
       uint32_t* mask_words = static_cast<uint32_t*>(mask.ptr());
       cu::flash_attention_dropout_mask(mask_words, s.rows, s.seq, s.heads, site, nullptr);
       cu::flash_attention_forward(ctx.ptr(), lse.f32(), mask_words, dq_in.ptr(), dk_in.ptr(), dv_in.ptr(),
                                   lengths->i32(), type, s.rows, s.seq, s.C, s.heads, site, nullptr);
-      cu::flash_attention_backward(dq.ptr(), dk.ptr(), dv.ptr(), ddctx.ptr(), ctx.ptr(), dq_in.ptr(), dk_in.ptr(),
-                                   dv_in.ptr(), lse.f32(), mask_words, delta.f32(), lengths->i32(), type, s.rows,
-                                   s.seq, s.C, s.heads, site, nullptr);
-      CUDA_CHECK(cudaDeviceSynchronize());
       if (p > 0.0f) {  // the keep bits are the CPU's Philox draws, element by element
         std::vector<uint32_t> bits(cu::flash_attention_mask_words(s.rows, s.seq, s.heads));
         CUDA_CHECK(cudaMemcpy(bits.data(), mask_words, bits.size() * 4, cudaMemcpyDeviceToHost));
@@ -477,16 +471,38 @@ TEST_P(CudaKernels, FlashAttentionWithPaddingAndDropoutMatchesCpu) {
         EXPECT_EQ(wrong, 0u) << "flash dropout mask " << what;
       }
       expect_close(ctx.get(), ctx_ref, tolerance(type), "flash ctx " + what);
-      // The backward reads the GPU's rounded ctx (through delta): allow twice the forward's error.
-      expect_close(dq.get(), dq_ref, 2 * tolerance(type), "flash dq " + what);
-      expect_close(dk.get(), dk_ref, 2 * tolerance(type), "flash dk " + what);
-      expect_close(dv.get(), dv_ref, tolerance(type), "flash dv " + what);
-      // Keys past a row's length get exactly zero gradient (skipped tiles and masked keys alike).
-      const auto dk_got = dk.get();
-      for (int r = 0; r < s.rows; ++r)
-        for (int j = s.lengths[r]; j < s.seq; ++j)
-          for (int c = 0; c < s.C; ++c)
-            ASSERT_EQ(dk_got[(size_t(r) * s.seq + j) * s.C + c], 0.0f) << what << " row " << r << " key " << j;
+      // Both ways to dQ: from the dS the dK/dV kernel stores (poisoned first, so a read of a part
+      // it did not write shows as NaN), and recomputed by a third kernel (ds_scratch null).
+      std::vector<float> dk_first, dv_first;
+      for (const bool stored_ds : {true, false}) {
+        const std::string how = what + (stored_ds ? " (dQ from stored dS)" : " (dQ recomputed)");
+        dq.poison();
+        dk.poison();
+        dv.poison();
+        ds.poison();
+        cu::flash_attention_backward(dq.ptr(), dk.ptr(), dv.ptr(), ddctx.ptr(), ctx.ptr(), dq_in.ptr(), dk_in.ptr(),
+                                     dv_in.ptr(), lse.f32(), mask_words, delta.f32(), stored_ds ? ds.ptr() : nullptr,
+                                     lengths->i32(), type, s.rows, s.seq, s.C, s.heads, site, nullptr);
+        CUDA_CHECK(cudaDeviceSynchronize());
+        // The backward reads the GPU's rounded ctx (through delta): allow twice the forward's error.
+        expect_close(dq.get(), dq_ref, 2 * tolerance(type), "flash dq " + how);
+        expect_close(dk.get(), dk_ref, 2 * tolerance(type), "flash dk " + how);
+        expect_close(dv.get(), dv_ref, tolerance(type), "flash dv " + how);
+        // Keys past a row's length get exactly zero gradient (skipped tiles and masked keys alike).
+        const auto dk_got = dk.get();
+        for (int r = 0; r < s.rows; ++r)
+          for (int j = s.lengths[r]; j < s.seq; ++j)
+            for (int c = 0; c < s.C; ++c)
+              ASSERT_EQ(dk_got[(size_t(r) * s.seq + j) * s.C + c], 0.0f) << how << " row " << r << " key " << j;
+        // dK and dV come from the same kernel either way: storing dS must not change them.
+        if (stored_ds) {
+          dk_first = dk_got;
+          dv_first = dv.get();
+        } else {
+          EXPECT_EQ(dk_got, dk_first) << how;
+          EXPECT_EQ(dv.get(), dv_first) << how;
+        }
+      }
     }
   }
 }
