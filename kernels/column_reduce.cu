@@ -8,6 +8,11 @@ namespace llmqs::kernels::cuda {
 namespace {
 template <typename T>
 struct LoadElement {
+  // Rows in flight per thread (column_reduce.cuh): 8 two- or four-byte loads; 4 sixteen-byte ones
+  // (8 took 106 registers on sm_90, 2 blocks per SM instead of 3; 4 x 16 bytes x 512+ threads per
+  // SM already cover the ~32 KB per SM that 4.3 TB/s at ~1 us latency asks for).
+  static constexpr int kRowsInFlight = 8;
+  static constexpr int kPackRowsInFlight = 4;
   const T* x;
   int64_t ld;
   __device__ float operator()(int64_t r, int c) const { return to_float(x[r * ld + c]); }

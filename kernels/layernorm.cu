@@ -129,6 +129,7 @@ __global__ void layernorm_backward_kernel(T* dx, T* dx_dropped, const T* dout, c
 // Columns [0, C): g * xhat (dgamma); columns [C, 2C): g (dbeta).
 template <typename T>
 struct LayerNormParamGrad {
+  static constexpr int kRowsInFlight = 4;  // column_reduce.cuh: loads of 4 rows issued before adding
   const T* dout;
   const T* x;
   const float* mean;
@@ -224,91 +225,202 @@ __global__ void layernorm_forward_packed_kernel(T* out, T* sum, float* mean_out,
   }
 }
 
+// A 16-byte pack held as four 32-bit words until its elements are used: a Pack<__nv_bfloat16>
+// would become eight 16-bit registers, each taking a full 32-bit register after ptxas, which is
+// no saving over fp32. Element v of the pack (v a compile-time constant after unrolling) is the
+// low (even v) or high (odd v) half of word v / 2 for bf16/fp16, word v for fp32; the bf16
+// conversion is exact (a bf16 is the top half of an fp32), like __bfloat162float.
+__device__ __forceinline__ uint32_t word_of(const uint4& r, int k) {
+  return k == 0 ? r.x : k == 1 ? r.y : k == 2 ? r.z : r.w;
+}
+template <typename T>
+__device__ __forceinline__ float unpack(const uint4& r, int v);
+template <>
+__device__ __forceinline__ float unpack<float>(const uint4& r, int v) {
+  return __uint_as_float(word_of(r, v));
+}
+template <>
+__device__ __forceinline__ float unpack<__nv_bfloat16>(const uint4& r, int v) {
+  const uint32_t w = word_of(r, v >> 1);
+  return __uint_as_float(v & 1 ? w & 0xffff0000u : w << 16);
+}
+template <>
+__device__ __forceinline__ float unpack<__half>(const uint4& r, int v) {
+  const uint32_t w = word_of(r, v >> 1);
+  return __half2float(__ushort_as_half(static_cast<unsigned short>(v & 1 ? w >> 16 : w & 0xffffu)));
+}
+
+// dropout_pack's draw (same Philox words, same comparison, same product) that also sets bit
+// `bit + k` of `bits` for each kept element k, so the second pass over a row can re-apply the mask
+// from one register instead of a second Philox call or 24 fp32 registers of the dropped values.
+template <int kN>
+__device__ __forceinline__ void dropout_pack_bits(const DropoutSite& site, int64_t first, float (&x)[kN], float scale,
+                                                  uint32_t& bits, int bit) {
+#pragma unroll
+  for (int g = 0; g < kN / 4; ++g) {
+    const Philox4x32 words = dropout_words(site, static_cast<uint64_t>(first >> 2) + g);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const bool keep = uniform_from_word(words.v[j]) >= site.p;
+      x[4 * g + j] = keep ? x[4 * g + j] * scale : 0.0f;
+      bits |= static_cast<uint32_t>(keep) << (bit + 4 * g + j);
+    }
+  }
+}
+
+// Registers of the packed backward (sm_90, bf16, C = 768: 190 with the row in fp32 and the
+// dgamma/dbeta sums in registers, one 256-thread block per SM). Now: the row stays in its storage
+// type as 16-byte words (unpack) and is converted where used, in both passes; each warp keeps its
+// dgamma/dbeta column sums in its own slice of dynamic shared memory (each lane touches only its
+// own float4 slots, so no synchronisation inside the loop); and while a row is reduced and stored,
+// the warp's next row is already loaded (software pipelining) when a lane's share of one row of
+// one tensor is at most 48 bytes (bf16/fp16 C <= 768, fp32 C <= 384; wider rows spilled with
+// it). Two blocks per SM, one for fp32 rows over 64 bytes per lane (C > 512).
+template <typename T, int kChunks>
+constexpr bool kBackwardPrefetch = kChunks * 16 <= 48;
+template <typename T, int kChunks>
+constexpr int kBackwardMinBlocks = kChunks * 16 <= 64 ? 2 : 1;
+
+// Shared memory of the backward: per warp, kChunks * kPack floats per lane for g * xhat, then as
+// many for g; lane l's float4 number k (k = i * kPack / 4 + h: pack i, half h) sits at
+// ((k * 32) + l) * 4, so the 8 lanes of a 128-bit access phase hit 8 different 16-byte bank groups.
+template <typename T, int kChunks>
+constexpr int kBackwardLaneFloats = kChunks * kPack<T>;
+template <typename T, int kChunks>
+constexpr size_t kBackwardSmemBytes = size_t(kRowsPerBlock) * 2 * 32 * kBackwardLaneFloats<T, kChunks> * sizeof(float);
+
 // Block: 8 warps over rows [blockIdx.x * kColumnReduceChunk, + kColumnReduceChunk); writes
 // partial[blockIdx.x, 0..C) = sum g * xhat (dgamma) and partial[blockIdx.x, C..2C) = sum g (dbeta).
+// Per row two passes over the registers: (1) g, xhat -> the warp's dgamma/dbeta column sums and
+// the two row sums; (2) after the warp reductions, g and xhat again (from the packed row, the
+// out-dropout mask from keep bits) -> dx, dx_dropped. Each column sum adds the warp's rows in row
+// order, then the 8 warps in warp order: fixed, as before.
 template <typename T, int kChunks>
-__global__ void __launch_bounds__(256) layernorm_backward_packed_kernel(
+__global__ void __launch_bounds__(256, kBackwardMinBlocks<T, kChunks>) layernorm_backward_packed_kernel(
     T* dx, T* dx_dropped, float* partial, const T* dout, const T* x, const float* mean, const float* rstd,
     const float* gamma, int N, int C, DropoutSite a_site, DropoutSite out_site) {
-  constexpr int V = kPack<T>;
-  __shared__ float block_sums[2 * 32 * kMaxPerLane];
+  constexpr int V = kPack<T>, H = V / 4;  // H float4 halves per pack
+  constexpr bool kPrefetch = kBackwardPrefetch<T, kChunks>;
+  constexpr int kLaneFloats = kBackwardLaneFloats<T, kChunks>;
+  static_assert(kLaneFloats <= 32, "one keep bit per element of a lane's row in a uint32_t");
+  extern __shared__ float4 backward_smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float4* const acc_gx = backward_smem + warp * 2 * 8 * kLaneFloats + lane;  // float4 k at [k * 32]
+  float4* const acc_g = acc_gx + 8 * kLaneFloats;
   const float a_scale = 1.0f / (1.0f - a_site.p), out_scale = 1.0f / (1.0f - out_site.p);
+  const bool drop_out = out_site.p > 0.0f;
   const int packs = C / V;
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * kColumnReduceChunk;
   const int64_t end = min(static_cast<int64_t>(N), begin + kColumnReduceChunk);
-  float acc_gx[kChunks][V], acc_g[kChunks][V];
+  const float* const gamma_lane = gamma + lane * V;
 #pragma unroll
-  for (int i = 0; i < kChunks; ++i)
+  for (int k = 0; k < kChunks * H; ++k) acc_gx[k * 32] = acc_g[k * 32] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+
+  // The row a warp loads next (its words stay zero on lanes past the row's end). Addresses are
+  // (row's lane start) + i * 32 packs: one 64-bit add per tensor and row, immediates per chunk.
+  uint4 next_d[kChunks], next_x[kChunks];
+  float next_mu = 0.0f, next_rs = 0.0f;
 #pragma unroll
-    for (int v = 0; v < V; ++v) acc_gx[i][v] = acc_g[i][v] = 0.0f;
+  for (int i = 0; i < kChunks; ++i) next_d[i] = next_x[i] = make_uint4(0u, 0u, 0u, 0u);
+  const auto load_row = [&](int64_t row) {
+    const int64_t start = row * C + lane * V;
+    const uint4* dp = reinterpret_cast<const uint4*>(dout + start);
+    const uint4* xp = reinterpret_cast<const uint4*>(x + start);
+    next_mu = mean[row];
+    next_rs = rstd[row];
+#pragma unroll
+    for (int i = 0; i < kChunks; ++i) {
+      if (lane + i * 32 < packs) {
+        next_d[i] = dp[i * 32];
+        next_x[i] = xp[i * 32];
+      }
+    }
+  };
+  if (kPrefetch && begin + warp < end) load_row(begin + warp);
 
   // Every lane of a warp walks the same rows, so the shuffles in warp_sum are convergent.
   for (int64_t row = begin + warp; row < end; row += kRowsPerBlock) {
-    const int64_t base = row * C;
-    const float mu = mean[row], rs = rstd[row];
-    float gs[kChunks][V], xhat[kChunks][V];  // gs: g (dropout applied), before gamma
+    if (!kPrefetch) load_row(row);
+    uint4 d[kChunks], xv[kChunks];
+#pragma unroll
+    for (int i = 0; i < kChunks; ++i) d[i] = next_d[i], xv[i] = next_x[i];
+    const float mu = next_mu, rs = next_rs;
+    // Issued before this row's stores: the compiler may not move a load above a store that
+    // might alias it, so this is the only place the next row's loads can overlap this row.
+    if (kPrefetch && row + kRowsPerBlock < end) load_row(row + kRowsPerBlock);
+
+    const int64_t start = row * C + lane * V;  // element index of the lane's first pack
     float sum_g = 0.0f, sum_gx = 0.0f;
+    uint32_t keep_bits = 0;
 #pragma unroll
     for (int i = 0; i < kChunks; ++i) {
-      const int j = lane + i * 32;
-      if (j < packs) {
-        const int c = j * V;
-        float gm[V];
-        load_pack(dout + base + c, gs[i]);
-        dropout_pack(out_site, base + c, gs[i], out_scale);
-        load_pack(x + base + c, xhat[i]);
-        load_floats(gamma + c, gm);
+      if (lane + i * 32 < packs) {
+        float g[V], gx[V], gm[V];  // g: dout after the out-dropout, before gamma; gx = g * xhat
+#pragma unroll
+        for (int v = 0; v < V; ++v) g[v] = unpack<T>(d[i], v);
+        if (drop_out) dropout_pack_bits(out_site, start + i * 32 * V, g, out_scale, keep_bits, i * V);
+        load_floats(gamma_lane + i * 32 * V, gm);
 #pragma unroll
         for (int v = 0; v < V; ++v) {
-          xhat[i][v] = (xhat[i][v] - mu) * rs;
-          acc_g[i][v] += gs[i][v];
-          acc_gx[i][v] += gs[i][v] * xhat[i][v];
-          const float gg = gs[i][v] * gm[v];
+          const float xhat = (unpack<T>(xv[i], v) - mu) * rs;
+          gx[v] = g[v] * xhat;
+          const float gg = g[v] * gm[v];
           sum_g += gg;
-          sum_gx += gg * xhat[i][v];
+          sum_gx += gg * xhat;
+        }
+#pragma unroll
+        for (int h = 0; h < H; ++h) {
+          float4 a = acc_gx[(i * H + h) * 32], b = acc_g[(i * H + h) * 32];
+          a.x += gx[4 * h], a.y += gx[4 * h + 1], a.z += gx[4 * h + 2], a.w += gx[4 * h + 3];
+          b.x += g[4 * h], b.y += g[4 * h + 1], b.z += g[4 * h + 2], b.w += g[4 * h + 3];
+          acc_gx[(i * H + h) * 32] = a;
+          acc_g[(i * H + h) * 32] = b;
         }
       }
     }
     const float mean_g = warp_sum(sum_g) / C, mean_gx = warp_sum(sum_gx) / C;
+    T* const dx_lane = dx + start;
+    T* const dx_dropped_lane = dx_dropped ? dx_dropped + start : nullptr;
 #pragma unroll
     for (int i = 0; i < kChunks; ++i) {
-      const int j = lane + i * 32;
-      if (j < packs) {
-        const int c = j * V;
-        float gm[V], d[V];
-        load_floats(gamma + c, gm);
+      if (lane + i * 32 < packs) {
+        float gm[V], dd[V];
+        load_floats(gamma_lane + i * 32 * V, gm);
 #pragma unroll
-        for (int v = 0; v < V; ++v) d[v] = rs * (gs[i][v] * gm[v] - mean_g - xhat[i][v] * mean_gx);
-        store_pack(dx + base + c, d);
+        for (int v = 0; v < V; ++v) {
+          float g = unpack<T>(d[i], v);
+          if (drop_out) g = (keep_bits >> (i * V + v)) & 1u ? g * out_scale : 0.0f;
+          const float xhat = (unpack<T>(xv[i], v) - mu) * rs;
+          dd[v] = rs * (g * gm[v] - mean_g - xhat * mean_gx);
+        }
+        store_pack(dx_lane + i * 32 * V, dd);
         if (dx_dropped) {
-          dropout_pack(a_site, base + c, d, a_scale);
-          store_pack(dx_dropped + base + c, d);
+          dropout_pack(a_site, start + i * 32 * V, dd, a_scale);
+          store_pack(dx_dropped_lane + i * 32 * V, dd);
         }
       }
     }
   }
 
-  // The warps' column sums, added in warp order.
-  for (int w = 0; w < kRowsPerBlock; ++w) {
-    if (warp == w) {
-#pragma unroll
-      for (int i = 0; i < kChunks; ++i) {
-        const int j = lane + i * 32;
-        if (j < packs) {
-#pragma unroll
-          for (int v = 0; v < V; ++v) {
-            const int c = j * V + v;
-            block_sums[c] = w == 0 ? acc_gx[i][v] : block_sums[c] + acc_gx[i][v];
-            block_sums[C + c] = w == 0 ? acc_g[i][v] : block_sums[C + c] + acc_g[i][v];
-          }
-        }
-      }
+  // The warps' column sums, added in warp order. Float s of a warp's g * xhat slice is element
+  // q = s % 4 of float4 k = s / 128 of lane l = (s / 4) % 32: column (i * 32 + l) * V + h * 4 + q
+  // with k = i * H + h.
+  __syncthreads();
+  const float* const sums = reinterpret_cast<const float*>(backward_smem);
+  float* const out = partial + static_cast<int64_t>(blockIdx.x) * 2 * C;
+  for (int s = threadIdx.x; s < 32 * kLaneFloats; s += blockDim.x) {
+    const int q = s & 3, l = (s >> 2) & 31, k = s >> 7;
+    const int pack = (k / H) * 32 + l;
+    if (pack >= packs) continue;
+    const int c = pack * V + (k % H) * 4 + q;
+    float total_gx = sums[s], total_g = sums[32 * kLaneFloats + s];
+    for (int w = 1; w < kRowsPerBlock; ++w) {
+      total_gx += sums[w * 2 * 32 * kLaneFloats + s];
+      total_g += sums[w * 2 * 32 * kLaneFloats + 32 * kLaneFloats + s];
     }
-    __syncthreads();
+    out[c] = total_gx;
+    out[C + c] = total_g;
   }
-  float* out = partial + static_cast<int64_t>(blockIdx.x) * 2 * C;
-  for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) out[c] = block_sums[c];
 }
 
 // Calls launch(std::integral_constant<int, K>) with the smallest instantiated K >= the packs per
@@ -379,14 +491,19 @@ void layernorm_backward(void* dx, void* dx_dropped, float* dgamma, float* dbeta,
       // scratch holds column_reduce_scratch_floats(N, 2C) = one 2C row per kColumnReduceChunk rows.
       const unsigned blocks = ceil_div(N, kColumnReduceChunk);
       with_chunks<scalar_t>(C, [&](auto chunks) {
-        layernorm_backward_packed_kernel<scalar_t, decltype(chunks)::value><<<blocks, 32 * kRowsPerBlock, 0, stream>>>(
+        constexpr int K = decltype(chunks)::value;
+        const auto kernel = layernorm_backward_packed_kernel<scalar_t, K>;
+        constexpr size_t smem = kBackwardSmemBytes<scalar_t, K>;
+        // Over the 48 KiB default (bf16/fp16 C > 768, fp32 C > 384): opt in, per launch (cheap,
+        // and right for whichever device is current).
+        if (smem > 48 * 1024)
+          CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+        kernel<<<blocks, 32 * kRowsPerBlock, smem, stream>>>(
             static_cast<scalar_t*>(dx), static_cast<scalar_t*>(dx_dropped), scratch, static_cast<const scalar_t*>(dout),
             static_cast<const scalar_t*>(x), mean, rstd, gamma, N, C, a_site, out_site);
       });
       CUDA_CHECK_LAUNCH("layernorm_backward_packed_kernel");
-      column_reduce_finish_kernel<<<ceil_div(2 * C, 256), 256, 0, stream>>>(scratch, static_cast<int>(blocks), 2 * C,
-                                                                             dgamma, C, dbeta);
-      CUDA_CHECK_LAUNCH("column_reduce_finish_kernel");
+      column_reduce_finish(scratch, static_cast<int>(blocks), 2 * C, dgamma, C, dbeta, stream);
       break;
     }
     layernorm_backward_kernel<scalar_t><<<ceil_div(N, kRowsPerBlock), 32 * kRowsPerBlock, 0, stream>>>(
