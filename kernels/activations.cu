@@ -7,8 +7,9 @@
 // of the FFN1 bias gradient (column_reduce.cuh's packed kernel): one read of dout and inp, one
 // write of dinp, instead of a second full read of dinp for the bias. The kernels library builds with
 // --use_fast_math, which turns tanhf into tanh.approx.f32 (relative error ~5e-4, seen in the
-// PTX): tanh runs in double instead (the pooler has only rows x hidden elements). erff keeps its
-// precise form; expf becomes ex2.approx (~1e-6 relative here), well inside the fp32 tolerance.
+// PTX): tanh runs in double instead (the pooler has only rows x hidden elements). erf is a
+// 1.5e-7-accurate rational form sharing the gradient's exponential (erf_terms below); __expf is
+// ex2.approx (~1e-6 relative here), well inside the fp32 tolerance.
 #include "kernels/column_reduce.cuh"
 
 namespace llmqs::kernels::cuda {
@@ -18,9 +19,27 @@ namespace {
 constexpr float kInvSqrt2 = 0.70710678118654752440f;
 constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
 
-__device__ __forceinline__ float gelu(float x) { return 0.5f * x * (1.0f + erff(x * kInvSqrt2)); }
+// 1 + erf(x / sqrt 2) and exp(-x^2 / 2), sharing the exponential: Abramowitz & Stegun 7.1.26,
+// erf(z) = 1 - t (a1 + t (a2 + t (a3 + t (a4 + t a5)))) e^(-z^2) for z >= 0 with t = 1 / (1 + p z),
+// |error| <= 1.5e-7 (far below bf16/fp16 rounding and the fp32 tests' 2e-5), odd in z. About 15
+// instructions instead of erff's ~25 plus a second exponential in the gradient: GELU's passes are
+// as much ALU as memory at bert-base sizes (docs/performance.md, section 4).
+struct ErfTerms {
+  float one_plus_erf, gauss;  // 1 + erf(x / sqrt 2), exp(-x^2 / 2)
+};
+__device__ __forceinline__ ErfTerms erf_terms(float x) {
+  constexpr float p = 0.3275911f * kInvSqrt2;  // t = 1 / (1 + p |x| / sqrt 2)
+  constexpr float a1 = 0.254829592f, a2 = -0.284496736f, a3 = 1.421413741f, a4 = -1.453152027f,
+                  a5 = 1.061405429f;
+  const float gauss = __expf(-0.5f * x * x);
+  const float t = __fdividef(1.0f, fmaf(p, fabsf(x), 1.0f));
+  const float tail = t * fmaf(t, fmaf(t, fmaf(t, fmaf(t, a5, a4), a3), a2), a1) * gauss;  // 1 - erf(|z|)
+  return {x >= 0.0f ? 2.0f - tail : tail, gauss};
+}
+__device__ __forceinline__ float gelu(float x) { return 0.5f * x * erf_terms(x).one_plus_erf; }
 __device__ __forceinline__ float gelu_grad(float x) {
-  return 0.5f * (1.0f + erff(x * kInvSqrt2)) + x * expf(-0.5f * x * x) * kInvSqrt2Pi;
+  const ErfTerms e = erf_terms(x);
+  return 0.5f * e.one_plus_erf + x * e.gauss * kInvSqrt2Pi;
 }
 
 template <typename T>
