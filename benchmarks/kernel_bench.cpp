@@ -189,11 +189,14 @@ struct Buffers {
   void *ln_out = nullptr, *ln_sum = nullptr, *dropped = nullptr;
   void *ffn_pre = nullptr, *ffn_act = nullptr, *d_ffn = nullptr, *dx_ffn = nullptr;
   // The low-precision weight copy the matmuls read (the backend's params_low), and fp32 gradients.
-  void *w_qkv = nullptr, *w_ffn1 = nullptr, *w_ffn2 = nullptr, *b_768 = nullptr, *b_3072 = nullptr;
+  // w_qkv is [3C x C] (the fused QKV product); its first C x C block doubles as the output projection.
+  void *w_qkv = nullptr, *w_ffn1 = nullptr, *w_ffn2 = nullptr, *b_768 = nullptr, *b_3072 = nullptr, *b_qkv = nullptr;
   float *dw_qkv = nullptr, *dw_ffn1 = nullptr, *dw_ffn2 = nullptr, *dbias = nullptr;
   float *gamma = nullptr, *beta = nullptr, *dgamma = nullptr, *dbeta = nullptr, *mean = nullptr, *rstd = nullptr;
   float* reduce_scratch = nullptr;
   // Fused attention: q, k, v, ctx and their gradients [N x 768]; lse and delta [B x H x S] fp32.
+  // qkv, dqkv [N x 3C] as the backend holds them; q, k, v (dq, dk, dv) point at their column blocks.
+  void *qkv = nullptr, *dqkv = nullptr;
   void *q = nullptr, *k = nullptr, *v = nullptr, *ctx = nullptr, *dctx = nullptr;
   void *dq = nullptr, *dk = nullptr, *dv = nullptr;
   float *lse = nullptr, *delta = nullptr;
@@ -489,13 +492,13 @@ struct AttentionShape {
 void enqueue_flash_forward(const Buffers& b, const AttentionShape& s, const int32_t* lengths,
                            const DropoutSite& site, cudaStream_t stream) {
   cu::flash_attention_forward(b.ctx, b.lse, b.attn_mask, b.q, b.k, b.v, lengths, s.type, s.rows, s.seq, s.C, s.heads,
-                              site, stream);
+                              3 * s.C, site, stream);
 }
 
 void enqueue_flash_backward(const Buffers& b, const AttentionShape& s, const int32_t* lengths,
                             const DropoutSite& site, cudaStream_t stream) {
   cu::flash_attention_backward(b.dq, b.dk, b.dv, b.dctx, b.ctx, b.q, b.k, b.v, b.lse, b.attn_mask, b.delta,
-                               b.attn_ds, lengths, s.type, s.rows, s.seq, s.C, s.heads, site, stream);
+                               b.attn_ds, lengths, s.type, s.rows, s.seq, s.C, s.heads, 3 * s.C, site, stream);
 }
 
 // Forward and backward rows at one set of row lengths (`tag`: "full" or "yelp").
@@ -596,25 +599,29 @@ int run(const Options& o) {
 
   Buffers b;
   Arena arena;
-  for (void** slot : {&b.x, &b.y, &b.dy, &b.dx, &b.dx_dropped, &b.ln_out, &b.ln_sum, &b.dropped, &b.q, &b.k, &b.v,
-                      &b.ctx, &b.dctx, &b.dq, &b.dk, &b.dv, &b.emb_out})
+  for (void** slot : {&b.x, &b.y, &b.dy, &b.dx, &b.dx_dropped, &b.ln_out, &b.ln_sum, &b.dropped, &b.ctx, &b.dctx,
+                      &b.emb_out})
     arena.add(*slot, nC * es);
+  arena.add(b.qkv, 3 * nC * es);
+  arena.add(b.dqkv, 3 * nC * es);
   for (void** slot : {&b.ffn_pre, &b.ffn_act, &b.d_ffn, &b.dx_ffn}) arena.add(*slot, nI * es);
-  arena.add(b.w_qkv, size_t(C) * C * es);
+  arena.add(b.w_qkv, size_t(3 * C) * C * es);
+  arena.add(b.b_qkv, size_t(3 * C) * es);
   arena.add(b.w_ffn1, size_t(I) * C * es);
   arena.add(b.w_ffn2, size_t(C) * I * es);
   arena.add(b.b_768, size_t(C) * es);
   arena.add(b.b_3072, size_t(I) * es);
-  arena.add(b.dw_qkv, size_t(C) * C * 4);
+  arena.add(b.dw_qkv, size_t(3 * C) * C * 4);
   arena.add(b.dw_ffn1, size_t(I) * C * 4);
   arena.add(b.dw_ffn2, size_t(C) * I * 4);
-  arena.add(b.dbias, size_t(std::max(C, I)) * 4);
+  arena.add(b.dbias, size_t(std::max(3 * C, I)) * 4);
   for (float** slot : {&b.gamma, &b.beta, &b.dgamma, &b.dbeta}) arena.add(*slot, size_t(C) * 4);
   arena.add(b.mean, size_t(N) * 4);
   arena.add(b.rstd, size_t(N) * 4);
   // The widest column reduction of the rows below: bias sums (C columns), LayerNorm backward (2C),
   // dGELU + FFN1 bias (I): column_reduce_scratch_floats(N, cols) each (kernels/cuda_kernels.h).
   const size_t scratch_floats = std::max({cu::column_reduce_scratch_floats(N, C), cu::column_reduce_scratch_floats(N, 2 * C),
+                                          cu::column_reduce_scratch_floats(N, 3 * C),
                                           cu::column_reduce_scratch_floats(N, I)});
   arena.add(b.reduce_scratch, scratch_floats * 4);
   arena.add(b.lse, size_t(B) * H * S * 4);    // [rows x heads x seq] fp32
@@ -641,6 +648,9 @@ int run(const Options& o) {
   arena.add(b.pattern, kPatternFloats * 4);
   arena.allocate();
   if (!stored_ds) b.attn_ds = nullptr;  // the backward then recomputes dQ
+  b.q = b.qkv, b.k = static_cast<char*>(b.qkv) + size_t(C) * es, b.v = static_cast<char*>(b.qkv) + size_t(2 * C) * es;
+  b.dq = b.dqkv, b.dk = static_cast<char*>(b.dqkv) + size_t(C) * es;
+  b.dv = static_cast<char*>(b.dqkv) + size_t(2 * C) * es;
 
   cudaStream_t stream = nullptr;  // non-blocking: nothing on the legacy stream can wait behind the gate
   CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -656,11 +666,12 @@ int run(const Options& o) {
   uint64_t seed = 1;
   auto fill_act = [&](void* p, size_t n) { fill(p, type, n, -1.0f, 1.0f, seed++, b.pattern, stream); };
   auto fill_f32 = [&](float* p, size_t n, float lo, float hi) { fill(p, DType::kF32, n, lo, hi, seed++, b.pattern, stream); };
-  for (void* p : {b.x, b.y, b.dy, b.dx, b.dx_dropped, b.ln_out, b.ln_sum, b.dropped, b.q, b.k, b.v, b.ctx, b.dctx,
-                  b.dq, b.dk, b.dv, b.emb_out})
+  for (void* p : {b.x, b.y, b.dy, b.dx, b.dx_dropped, b.ln_out, b.ln_sum, b.dropped, b.ctx, b.dctx, b.emb_out})
     fill_act(p, nC);
+  for (void* p : {b.qkv, b.dqkv}) fill_act(p, 3 * nC);
   for (void* p : {b.ffn_pre, b.ffn_act, b.d_ffn, b.dx_ffn}) fill_act(p, nI);
-  fill(b.w_qkv, type, size_t(C) * C, -0.03f, 0.03f, seed++, b.pattern, stream);
+  fill(b.w_qkv, type, size_t(3 * C) * C, -0.03f, 0.03f, seed++, b.pattern, stream);
+  fill(b.b_qkv, type, 3 * C, -0.03f, 0.03f, seed++, b.pattern, stream);
   fill(b.w_ffn1, type, size_t(I) * C, -0.03f, 0.03f, seed++, b.pattern, stream);
   fill(b.w_ffn2, type, size_t(C) * I, -0.03f, 0.03f, seed++, b.pattern, stream);
   fill(b.b_768, type, C, -0.03f, 0.03f, seed++, b.pattern, stream);
@@ -680,10 +691,10 @@ int run(const Options& o) {
     CUDA_CHECK(cudaMemcpy(b.decay_mask, mask.data(), mask.size() * 4, cudaMemcpyHostToDevice));
   }
   for (void* p : {b.peak_a, b.peak_b}) fill_act(p, peak_elements);
-  CUDA_CHECK(cudaMemsetAsync(b.dw_qkv, 0, size_t(C) * C * 4, stream));
+  CUDA_CHECK(cudaMemsetAsync(b.dw_qkv, 0, size_t(3 * C) * C * 4, stream));
   CUDA_CHECK(cudaMemsetAsync(b.dw_ffn1, 0, size_t(I) * C * 4, stream));
   CUDA_CHECK(cudaMemsetAsync(b.dw_ffn2, 0, size_t(C) * I * 4, stream));
-  CUDA_CHECK(cudaMemsetAsync(b.dbias, 0, size_t(std::max(C, I)) * 4, stream));
+  CUDA_CHECK(cudaMemsetAsync(b.dbias, 0, size_t(std::max(3 * C, I)) * 4, stream));
   CUDA_CHECK(cudaMemsetAsync(b.dgamma, 0, size_t(C) * 4, stream));
   CUDA_CHECK(cudaMemsetAsync(b.dbeta, 0, size_t(C) * 4, stream));
   CUDA_CHECK(cudaMemsetAsync(b.adam_m, 0, P * 4, stream));
@@ -803,28 +814,37 @@ int run(const Options& o) {
     add(std::move(g));
   };
 
-  // ---- the Linear layers, forward: q, k, v and the attention output share one shape ----
-  linear_fwd("qkv", C, C, b.x, b.w_qkv, b.b_768, b.y, 4 * layers);
-  rows.back().note = "q, k, v and the attention output projection: 4 per layer";
+  // ---- the Linear layers, forward: q, k, v as one product (N x C -> 3C), then the output projection ----
+  linear_fwd("qkv", C, 3 * C, b.x, b.w_qkv, b.b_qkv, b.qkv, layers);
+  rows.back().note = "q, k, v in one product: the layout keeps [Wq; Wk; Wv] adjacent";
+  linear_fwd("o", C, C, b.ctx, b.w_qkv, b.b_768, b.y, layers);
   linear_fwd("ffn1", C, I, b.x, b.w_ffn1, b.b_3072, b.ffn_pre, layers);
   linear_fwd("ffn2", I, C, b.ffn_act, b.w_ffn2, b.b_768, b.y, layers);
   // ---- backward: dx (+)= dy W and dW += dy^T x, with the beta each call site uses ----
-  linear_bwd("qkv", C, C, b.dy, b.x, b.w_qkv, b.dx, b.dw_qkv, 1.0f, 4 * layers, 4 * layers);
-  rows[rows.size() - 2].note = "4 per layer: q, k, v add into d(layer input) (beta 1), the output projection writes (beta 0)";
-  rows.back().note = "q, k, v and the attention output projection: 4 per layer";
+  linear_bwd("qkv", C, 3 * C, b.dqkv, b.x, b.w_qkv, b.dx, b.dw_qkv, 1.0f, layers, layers);
+  rows[rows.size() - 2].note = "adds into d(layer input) (beta 1)";
+  linear_bwd("o", C, C, b.dy, b.ctx, b.w_qkv, b.dctx, b.dw_qkv, 0.0f, layers, layers);
   linear_bwd("ffn1", C, I, b.d_ffn, b.x, b.w_ffn1, b.dx, b.dw_ffn1, 1.0f, layers, layers);
   linear_bwd("ffn2", I, C, b.dy, b.ffn_act, b.w_ffn2, b.dx_ffn, b.dw_ffn2, 0.0f, layers, layers);
 
-  // ---- bias gradients of q, k, v, o and FFN2 (FFN1's is fused into dGELU) ----
+  // ---- bias gradients of o and FFN2, and of the fused QKV product (FFN1's is fused into dGELU) ----
   {
     Row r;
     r.name = "linear_bwd_bias.768";
     r.shape = sizes + " column sums -> dbias fp32 +=";
     r.call = "linear_backward_bias(dbias, dy, type, N, 768, scratch, stream)";
     r.bytes = double(nC) * es + 2.0 * C * 4;
-    r.calls_per_step = 5 * layers;
+    r.calls_per_step = 2 * layers;
     r.enqueue = [&, N, C] { cu::linear_backward_bias(b.dbias, b.dy, type, N, C, b.reduce_scratch, stream); };
     add(std::move(r));
+    Row q;
+    q.name = "linear_bwd_bias.qkv";
+    q.shape = std::to_string(N) + "x" + std::to_string(3 * C) + " column sums -> dbias fp32 +=";
+    q.call = "linear_backward_bias(dbias, dqkv, type, N, 2304, scratch, stream)";
+    q.bytes = 3.0 * double(nC) * es + 2.0 * 3 * C * 4;
+    q.calls_per_step = layers;
+    q.enqueue = [&, N, C] { cu::linear_backward_bias(b.dbias, b.dqkv, type, N, 3 * C, b.reduce_scratch, stream); };
+    add(std::move(q));
   }
 
   // ---- LayerNorm after attention / FFN: x = dropout(dense_out) + residual, LayerNorm, no output dropout ----

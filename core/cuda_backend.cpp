@@ -250,6 +250,11 @@ class CudaBackend final : public Backend {
       lp.f_b = off(p + "output.dense.bias");
       lp.ln2_g = off(p + "output.LayerNorm.weight");
       lp.ln2_b = off(p + "output.LayerNorm.bias");
+      // The fused QKV product reads [Wq; Wk; Wv] and [bq; bk; bv] as one matrix and one bias.
+      const size_t C = static_cast<size_t>(config_.hidden_size);
+      if (lp.k_w != lp.q_w + C * C || lp.v_w != lp.q_w + 2 * C * C || lp.k_b != lp.q_b + C || lp.v_b != lp.q_b + 2 * C)
+        throw std::logic_error("parameter layout: layer " + std::to_string(l) +
+                               "'s query/key/value weights or biases are not adjacent (the fused QKV product needs it)");
       layers_.push_back(lp);
     }
     pool_w_ = off("bert.pooler.dense.weight");
@@ -472,6 +477,11 @@ class CudaBackend final : public Backend {
     return s;
   }
 
+  // Column block `index` (0 = q, 1 = k, 2 = v) of a [tokens x 3C] buffer (row stride 3C).
+  void* qkv_block(void* base, int index) const {
+    return static_cast<char*>(base) + static_cast<size_t>(index) * config_.hidden_size * plan_.activation_bytes;
+  }
+
   const void* layer_input(int l) const { return l == 0 ? act(plan_.h0) : act(plan_.layers[l - 1].out); }
 
   void linear(const void* x, size_t w, size_t b, void* y, int rows, int in, int out) {
@@ -521,17 +531,20 @@ class CudaBackend final : public Backend {
       const LayerParams& lp = layers_[l];
       const LayerDeviceBuffers& a = plan_.layers[l];
       const void* x = layer_input(l);
-      linear(x, lp.q_w, lp.q_b, act(a.q), N, C, C);
-      linear(x, lp.k_w, lp.k_b, act(a.k), N, C, C);
-      linear(x, lp.v_w, lp.v_b, act(a.v), N, C, C);
+      // One product for Q, K and V: the layout keeps the three weights (and biases) adjacent, so
+      // [q | k | v] = x [Wq; Wk; Wv]^T + [bq; bk; bv], rows of 3C.
+      linear(x, lp.q_w, lp.q_b, act(a.qkv), N, C, 3 * C);
+      const void* q = qkv_block(act(a.qkv), 0);
+      const void* k = qkv_block(act(a.qkv), 1);
+      const void* v = qkv_block(act(a.qkv), 2);
       profile_->mark("qkv_fwd");
       if (side_masks) CUDA_CHECK(cudaStreamWaitEvent(stream_, mask_ready_[l], 0));
       if (plan_.fused_attention)
-        cu::flash_attention_forward(act(a.ctx), f32(a.probs), u32(a.attn_mask), act(a.q), act(a.k), act(a.v), lengths,
-                                    type_, B, S, C, H,
+        cu::flash_attention_forward(act(a.ctx), f32(a.probs), u32(a.attn_mask), q, k, v, lengths, type_, B, S, C, H,
+                                    3 * C,
                                     layer_site(l, kernels::LayerDropoutSite::kAttentionProbs, attn_p), stream_);
       else
-        cu::attention_forward(act(a.ctx), act(a.probs), act(a.q), act(a.k), act(a.v), lengths, type_, B, S, C, H,
+        cu::attention_forward(act(a.ctx), act(a.probs), q, k, v, lengths, type_, B, S, C, H, 3 * C,
                               layer_site(l, kernels::LayerDropoutSite::kAttentionProbs, attn_p), att, *matmul_,
                               stream_);
       profile_->mark("attention_fwd");
@@ -648,21 +661,23 @@ class CudaBackend final : public Backend {
       profile_->mark("ln_bwd");
       linear_grad(d_tmp, act(a.ctx), lp.o_w, lp.o_b, act(plan_.d_ctx), 0.0f, N, C, C);
       profile_->mark("o_bwd");
+      void* d_qkv = act(plan_.d_qkv);
       if (plan_.fused_attention)
-        cu::flash_attention_backward(act(plan_.d_q), act(plan_.d_k), act(plan_.d_v), act(plan_.d_ctx), act(a.ctx),
-                                     act(a.q), act(a.k), act(a.v), f32(a.probs), u32(a.attn_mask),
-                                     f32(plan_.att_scores), plan_.attn_ds_bytes ? act(plan_.att_ds) : nullptr,
-                                     i32(plan_.lengths), type_, B, S, C, H,
+        cu::flash_attention_backward(qkv_block(d_qkv, 0), qkv_block(d_qkv, 1), qkv_block(d_qkv, 2),
+                                     act(plan_.d_ctx), act(a.ctx), qkv_block(act(a.qkv), 0),
+                                     qkv_block(act(a.qkv), 1), qkv_block(act(a.qkv), 2), f32(a.probs),
+                                     u32(a.attn_mask), f32(plan_.att_scores),
+                                     plan_.attn_ds_bytes ? act(plan_.att_ds) : nullptr, i32(plan_.lengths), type_, B,
+                                     S, C, H, 3 * C,
                                      layer_site(l, kernels::LayerDropoutSite::kAttentionProbs, attn_p), stream_);
       else
-        cu::attention_backward(act(plan_.d_q), act(plan_.d_k), act(plan_.d_v), act(plan_.d_ctx), act(a.q), act(a.k),
-                               act(a.v), act(a.probs), i32(plan_.lengths), type_, B, S, C, H,
+        cu::attention_backward(qkv_block(d_qkv, 0), qkv_block(d_qkv, 1), qkv_block(d_qkv, 2), act(plan_.d_ctx),
+                               qkv_block(act(a.qkv), 0), qkv_block(act(a.qkv), 1), qkv_block(act(a.qkv), 2),
+                               act(a.probs), i32(plan_.lengths), type_, B, S, C, H, 3 * C,
                                layer_site(l, kernels::LayerDropoutSite::kAttentionProbs, attn_p), att, *matmul_,
                                stream_);
       profile_->mark("attention_bwd");
-      linear_grad(act(plan_.d_q), x, lp.q_w, lp.q_b, d_h, 1.0f, N, C, C);
-      linear_grad(act(plan_.d_k), x, lp.k_w, lp.k_b, d_h, 1.0f, N, C, C);
-      linear_grad(act(plan_.d_v), x, lp.v_w, lp.v_b, d_h, 1.0f, N, C, C);
+      linear_grad(d_qkv, x, lp.q_w, lp.q_b, d_h, 1.0f, N, C, 3 * C);  // the fused product's three gradients
       profile_->mark("qkv_bwd");
     }
     cu::layernorm_backward(d_sum, nullptr, G(ln0_g_), G(ln0_b_), d_h, act(plan_.emb_sum), f32(plan_.emb_mean),

@@ -115,9 +115,7 @@ DeviceMemoryPlan plan_device_memory(const BertConfig& config, int max_rows, int 
   plan.h0 = p.take(N * C * act);
   for (int l = 0; l < config.num_hidden_layers; ++l) {
     LayerDeviceBuffers b;
-    b.q = p.take(N * C * act);
-    b.k = p.take(N * C * act);
-    b.v = p.take(N * C * act);
+    b.qkv = p.take(N * 3 * C * act);
     b.ctx = p.take(N * C * act);
     b.probs = p.take(probs_bytes);
     b.attn_mask = p.take(mask_bytes);
@@ -146,9 +144,7 @@ DeviceMemoryPlan plan_device_memory(const BertConfig& config, int max_rows, int 
   plan.d_sum = p.take(N * C * act);
   plan.d_tmp = p.take(N * C * act);
   plan.d_ffn = p.take(N * I * act);
-  plan.d_q = p.take(N * C * act);
-  plan.d_k = p.take(N * C * act);
-  plan.d_v = p.take(N * C * act);
+  plan.d_qkv = p.take(N * 3 * C * act);
   plan.d_ctx = p.take(N * C * act);
   plan.d_pooled = p.take(B * C * act);
 
@@ -163,8 +159,8 @@ DeviceMemoryPlan plan_device_memory(const BertConfig& config, int max_rows, int 
   plan.att_dropped = p.take(plan.fused_attention ? 0 : scores * act);
   plan.att_ds = p.take(plan.attn_ds_bytes);
 
-  // Column reductions: the widest is 2 x intermediate columns (LayerNorm uses 2C, biases up to I).
-  const size_t widest = std::max(2 * C, std::max(I, L));
+  // Column reductions: the widest of LayerNorm's 2C, the fused QKV bias's 3C and the biases up to I.
+  const size_t widest = std::max({3 * C, I, L});
   plan.reduce_scratch = p.take(((N + kColumnReduceChunk - 1) / kColumnReduceChunk) * widest * 4);
   plan.matmul_workspace_bytes = kMatmulWorkspaceBytes;
   plan.matmul_workspace = p.take(kMatmulWorkspaceBytes);

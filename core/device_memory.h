@@ -20,7 +20,8 @@ namespace llmqs::core {
 
 // Byte offsets into the arena of one encoder layer's saved activations.
 struct LayerDeviceBuffers {
-  size_t q, k, v, ctx, probs;                  // probs: [rows x heads x seq x seq] (fused: lse)
+  size_t qkv;                                  // [tokens x 3 hidden]: q, k, v are its column blocks
+  size_t ctx, probs;                           // probs: [rows x heads x seq x seq] (fused: lse)
   size_t attn_mask;                            // fused: the attention dropout keep bits (else 0 bytes)
   size_t attn_sum, attn_mean, attn_rstd, attn_out;
   size_t ffn_pre, ffn_act;                     // [tokens x intermediate]
@@ -42,7 +43,7 @@ struct DeviceMemoryPlan {
   // pooler, classifier, loss
   size_t pooled_pre, pooled, pooled_dropped, logits, row_loss, prediction, dlogits;
   // backward
-  size_t d_h, d_sum, d_tmp, d_ffn, d_q, d_k, d_v, d_ctx, d_pooled;
+  size_t d_h, d_sum, d_tmp, d_ffn, d_qkv, d_ctx, d_pooled;  // d_qkv: [tokens x 3 hidden], like qkv
   // scratch: attention (head-major copies, fp32 scores, dropped probs), reductions, cuBLASLt
   size_t att_q, att_k, att_v, att_ctx, att_dq, att_dk, att_dv, att_scores, att_dropped;
   size_t att_ds;  // fused: dS^T for the dQ product (attn_ds_bytes; 0 bytes when recomputed)

@@ -39,10 +39,19 @@ ParameterLayout ParameterLayout::for_bert(const BertConfig& c) {
   add("bert.embeddings.LayerNorm.bias", {H});
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = "bert.encoder.layer." + std::to_string(l) + ".";
+    // The list stays in HF order, but the offsets put the three weights next to each other, then the
+    // three biases: [3H x H] and [3H], which the CUDA backend's fused QKV product reads as one
+    // matrix and one bias (it checks this at construction).
+    const size_t qkv_base = layout.total_;
+    int index = 0;
     for (const char* qkv : {"query", "key", "value"}) {
       add(p + "attention.self." + qkv + ".weight", {H, H});
+      layout.params_.back().offset = qkv_base + index * static_cast<size_t>(H * H);
       add(p + "attention.self." + qkv + ".bias", {H});
+      layout.params_.back().offset = qkv_base + 3 * static_cast<size_t>(H * H) + index * static_cast<size_t>(H);
+      ++index;
     }
+    layout.total_ = qkv_base + 3 * static_cast<size_t>(H * H + H);
     add(p + "attention.output.dense.weight", {H, H});
     add(p + "attention.output.dense.bias", {H});
     add(p + "attention.output.LayerNorm.weight", {H});

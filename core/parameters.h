@@ -6,7 +6,9 @@
 //   bert.encoder.layer.<i>.attention.output.dense.{weight,bias}, ...attention.output.LayerNorm.{weight,bias},
 //   bert.encoder.layer.<i>.intermediate.dense.{weight,bias}, ...output.dense.{weight,bias}, ...output.LayerNorm.{weight,bias},
 //   bert.pooler.dense.{weight,bias}, classifier.{weight,bias}
-// Linear weights are [out_features, in_features] as in torch.nn.Linear.
+// Linear weights are [out_features, in_features] as in torch.nn.Linear. Offsets follow that order,
+// except inside a layer's self-attention: query, key, value weights first (one [3H x H] block), then
+// their three biases ([3H]), so the CUDA backend computes Q, K and V as one product.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -20,7 +22,7 @@ namespace llmqs::core {
 struct ParameterInfo {
   std::string name;            // HF name, e.g. "bert.encoder.layer.0.attention.self.query.weight"
   std::vector<int64_t> shape;  // HF shape
-  size_t offset = 0;           // in floats, into the flat buffer
+  size_t offset = 0;           // in floats, into the flat buffer (not monotonic: see above)
   size_t numel = 0;
   bool weight_decay = true;    // false for biases and LayerNorm weights (HF Trainer's rule)
 };

@@ -5,7 +5,8 @@
 // Backward (D recomputed from the saved P):
 //   dV = D^T dO;  dP = (dO V^T) * keep / (1 - p);  dS = P * (dP - rowsum(P * dP))
 //   dQ = dS K / sqrt(d);  dK = dS^T Q / sqrt(d)
-// Layout: q, k, v, ctx [rows x seq x C] (heads interleaved by column, as HF); probs
+// Layout: q, k, v, ctx [rows x seq x C] (heads interleaved by column, as HF; the rows of q, k, v,
+// dq, dk, dv are qkv_ld apart, 3C when they are column blocks of the fused QKV product); probs
 // [rows x heads x seq x seq] in the activation type. Because (row, head) blocks are not one
 // stride apart in that layout, q/k/v are first copied head-major ([rows x heads x seq x d]);
 // then every product is one strided-batched cuBLASLt GEMM over rows * heads (scores in fp32),
@@ -19,9 +20,11 @@ namespace llmqs::kernels::cuda {
 
 namespace {
 
-// [rows x seq x heads x d] <-> [rows x heads x seq x d]; to_heads selects the direction.
+// [rows x seq x heads x d] (token rows of stride ld >= heads * d) <-> [rows x heads x seq x d];
+// to_heads selects the direction.
 template <typename T>
-__global__ void permute_heads_kernel(T* dst, const T* src, int seq, int heads, int d, size_t n, bool to_heads) {
+__global__ void permute_heads_kernel(T* dst, const T* src, int seq, int heads, int d, int64_t ld, size_t n,
+                                     bool to_heads) {
   const size_t index = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (index >= n) return;
   // index walks the token-major layout: ((r * seq + s) * heads + h) * d + e
@@ -32,17 +35,19 @@ __global__ void permute_heads_kernel(T* dst, const T* src, int seq, int heads, i
   const int s = static_cast<int>(rest % seq);
   const size_t r = rest / seq;
   const size_t head_major = ((r * heads + h) * seq + s) * d + e;
+  const size_t token_major = (r * seq + s) * ld + size_t(h) * d + e;
   if (to_heads)
-    dst[head_major] = src[index];
+    dst[head_major] = src[token_major];
   else
-    dst[index] = src[head_major];
+    dst[token_major] = src[head_major];
 }
 
 template <typename T>
-void permute(void* dst, const void* src, int rows, int seq, int heads, int d, bool to_heads, cudaStream_t stream) {
+void permute(void* dst, const void* src, int rows, int seq, int heads, int d, int64_t ld, bool to_heads,
+             cudaStream_t stream) {
   const size_t n = static_cast<size_t>(rows) * seq * heads * d;
   permute_heads_kernel<T><<<ceil_div(n, 256), 256, 0, stream>>>(static_cast<T*>(dst), static_cast<const T*>(src),
-                                                                 seq, heads, d, n, to_heads);
+                                                                 seq, heads, d, ld, n, to_heads);
   CUDA_CHECK_LAUNCH("permute_heads_kernel");
 }
 
@@ -118,17 +123,18 @@ GemmArgs batched(DType type, int rows_times_heads) {
 }  // namespace
 
 void attention_forward(void* ctx, void* probs, const void* q, const void* k, const void* v, const int32_t* lengths,
-                       DType type, int rows, int seq, int C, int heads, const DropoutSite& dropout,
+                       DType type, int rows, int seq, int C, int heads, int qkv_ld, const DropoutSite& dropout,
                        const AttentionScratch& scratch, MatmulContext& matmul, cudaStream_t stream) {
+  if (qkv_ld < C) throw std::invalid_argument("attention_forward: q/k/v row stride below C");
   if (rows <= 0 || seq <= 0) return;
   const int d = C / heads;
   const int bh = rows * heads;
   const int64_t head_stride = static_cast<int64_t>(seq) * d, score_stride = static_cast<int64_t>(seq) * seq;
   const size_t query_rows = static_cast<size_t>(bh) * seq;
   LLMQS_DISPATCH_DTYPE(type, {
-    permute<scalar_t>(scratch.q_heads, q, rows, seq, heads, d, true, stream);
-    permute<scalar_t>(scratch.k_heads, k, rows, seq, heads, d, true, stream);
-    permute<scalar_t>(scratch.v_heads, v, rows, seq, heads, d, true, stream);
+    permute<scalar_t>(scratch.q_heads, q, rows, seq, heads, d, qkv_ld, true, stream);
+    permute<scalar_t>(scratch.k_heads, k, rows, seq, heads, d, qkv_ld, true, stream);
+    permute<scalar_t>(scratch.v_heads, v, rows, seq, heads, d, qkv_ld, true, stream);
   });
 
   GemmArgs scores = batched(type, bh);  // S = Q K^T / sqrt(d), fp32
@@ -154,13 +160,14 @@ void attention_forward(void* ctx, void* probs, const void* q, const void* k, con
   out.y = scratch.ctx_heads, out.ldy = d, out.stride_y = head_stride;
   matmul.gemm(out, stream);
 
-  LLMQS_DISPATCH_DTYPE(type, { permute<scalar_t>(ctx, scratch.ctx_heads, rows, seq, heads, d, false, stream); });
+  LLMQS_DISPATCH_DTYPE(type, { permute<scalar_t>(ctx, scratch.ctx_heads, rows, seq, heads, d, C, false, stream); });
 }
 
 void attention_backward(void* dq, void* dk, void* dv, const void* dctx, const void* q, const void* k, const void* v,
                         const void* probs, const int32_t* lengths, DType type, int rows, int seq, int C, int heads,
-                        const DropoutSite& dropout, const AttentionScratch& scratch, MatmulContext& matmul,
+                        int qkv_ld, const DropoutSite& dropout, const AttentionScratch& scratch, MatmulContext& matmul,
                         cudaStream_t stream) {
+  if (qkv_ld < C) throw std::invalid_argument("attention_backward: q/k/v row stride below C");
   if (rows <= 0 || seq <= 0) return;
   const int d = C / heads;
   const int bh = rows * heads;
@@ -169,10 +176,10 @@ void attention_backward(void* dq, void* dk, void* dv, const void* dctx, const vo
   const float scale = 1.0f / sqrtf(static_cast<float>(d));
   void* dctx_heads = scratch.ctx_heads;
   LLMQS_DISPATCH_DTYPE(type, {
-    permute<scalar_t>(scratch.q_heads, q, rows, seq, heads, d, true, stream);
-    permute<scalar_t>(scratch.k_heads, k, rows, seq, heads, d, true, stream);
-    permute<scalar_t>(scratch.v_heads, v, rows, seq, heads, d, true, stream);
-    permute<scalar_t>(dctx_heads, dctx, rows, seq, heads, d, true, stream);
+    permute<scalar_t>(scratch.q_heads, q, rows, seq, heads, d, qkv_ld, true, stream);
+    permute<scalar_t>(scratch.k_heads, k, rows, seq, heads, d, qkv_ld, true, stream);
+    permute<scalar_t>(scratch.v_heads, v, rows, seq, heads, d, qkv_ld, true, stream);
+    permute<scalar_t>(dctx_heads, dctx, rows, seq, heads, d, C, true, stream);
     const size_t n = query_rows * seq;
     apply_dropout_kernel<scalar_t><<<ceil_div(n, 256), 256, 0, stream>>>(
         static_cast<scalar_t*>(scratch.dropped), static_cast<const scalar_t*>(probs), seq, n, dropout);
@@ -220,9 +227,9 @@ void attention_backward(void* dq, void* dk, void* dv, const void* dctx, const vo
   matmul.gemm(grad_k, stream);
 
   LLMQS_DISPATCH_DTYPE(type, {
-    permute<scalar_t>(dq, scratch.dq_heads, rows, seq, heads, d, false, stream);
-    permute<scalar_t>(dk, scratch.dk_heads, rows, seq, heads, d, false, stream);
-    permute<scalar_t>(dv, scratch.dv_heads, rows, seq, heads, d, false, stream);
+    permute<scalar_t>(dq, scratch.dq_heads, rows, seq, heads, d, qkv_ld, false, stream);
+    permute<scalar_t>(dk, scratch.dk_heads, rows, seq, heads, d, qkv_ld, false, stream);
+    permute<scalar_t>(dv, scratch.dv_heads, rows, seq, heads, d, qkv_ld, false, stream);
   });
 }
 

@@ -130,13 +130,14 @@ struct AttentionScratch {
 inline size_t attention_head_elements(int rows, int seq, int C) { return size_t(rows) * seq * C; }
 inline size_t attention_score_elements(int rows, int seq, int heads) { return size_t(rows) * heads * seq * seq; }
 
+// q, k, v (and dq, dk, dv) have row stride qkv_ld >= C, like the fused kernels below.
 void attention_forward(void* ctx, void* probs, const void* q, const void* k, const void* v, const int32_t* lengths,
-                       DType type, int rows, int seq, int C, int heads, const DropoutSite& dropout,
+                       DType type, int rows, int seq, int C, int heads, int qkv_ld, const DropoutSite& dropout,
                        const AttentionScratch& scratch, MatmulContext& matmul, cudaStream_t stream);
 // dq, dk, dv are overwritten.
 void attention_backward(void* dq, void* dk, void* dv, const void* dctx, const void* q, const void* k,
                         const void* v, const void* probs, const int32_t* lengths, DType type, int rows, int seq,
-                        int C, int heads, const DropoutSite& dropout, const AttentionScratch& scratch,
+                        int C, int heads, int qkv_ld, const DropoutSite& dropout, const AttentionScratch& scratch,
                         MatmulContext& matmul, cudaStream_t stream);
 
 // ---- fused attention (kernels/flash_attention.cu; same CPU twin) --------------------------------
@@ -150,7 +151,8 @@ void attention_backward(void* dq, void* dk, void* dv, const void* dctx, const vo
 // flash_attention_ds_elements(rows, seq, heads) elements of `type`: the dK/dV kernel then stores
 // dS (rounded to `type`, as the products use it) and dQ becomes one product over it, instead of a
 // third kernel that recomputes S, P and dO V^T (measured in docs/performance.md, section 4).
-// dq, dk, dv are overwritten. Unsupported shapes throw.
+// dq, dk, dv are overwritten. q, k, v, dq, dk, dv have row stride qkv_ld (C, or 3C when they are
+// the column blocks of one [tokens x 3C] buffer); ctx and dctx row stride C. Unsupported shapes throw.
 bool flash_attention_supported(DType type, int C, int heads);
 // __CUDA_ARCH__ of the code this binary runs on the current GPU (750 for a compute_75-only build on
 // any GPU); 0 without a usable device.
@@ -161,11 +163,11 @@ void flash_attention_dropout_mask(uint32_t* dropout_mask, int rows, int seq, int
                                   cudaStream_t stream);
 void flash_attention_forward(void* ctx, float* lse, const uint32_t* dropout_mask, const void* q, const void* k,
                              const void* v, const int32_t* lengths, DType type, int rows, int seq, int C, int heads,
-                             const DropoutSite& dropout, cudaStream_t stream);
+                             int qkv_ld, const DropoutSite& dropout, cudaStream_t stream);
 void flash_attention_backward(void* dq, void* dk, void* dv, const void* dctx, const void* ctx, const void* q,
                               const void* k, const void* v, const float* lse, const uint32_t* dropout_mask,
                               float* delta_scratch, void* ds_scratch, const int32_t* lengths, DType type, int rows,
-                              int seq, int C, int heads, const DropoutSite& dropout, cudaStream_t stream);
+                              int seq, int C, int heads, int qkv_ld, const DropoutSite& dropout, cudaStream_t stream);
 
 // ---- softmax cross-entropy (kernels/softmax_cross_entropy.cu; CPU twin ...cpu/softmax_cross_entropy.h)
 // logits fp32 [rows x C]; writes loss [rows] fp32, prediction [rows], and when dlogits is not

@@ -19,7 +19,9 @@
 // computing S and dPd twice in the backward.
 //
 // Layout: q, k, v, ctx, dq, dk, dv [rows x seq x C], head h in columns h*d .. h*d+d-1 (HF's);
-// tiles are read straight from it (row stride C), no head-major copies. lengths [rows] device.
+// tiles are read straight from it, no head-major copies. ctx and dctx have row stride C; q, k, v,
+// dq, dk, dv row stride qkv_ld >= C, so they can be the column blocks of the backend's fused
+// [tokens x 3C] QKV product (qkv_ld = 3C). lengths [rows] device.
 // Operands reach the tensor cores through ldmatrix (.trans for the k-major ones: V in P V, dO and Q
 // in the backward's second products); streamed tiles are double-buffered with cp.async (sm_80+).
 // Key tiles at or past L_r are skipped entirely.
@@ -169,9 +171,9 @@ __device__ __forceinline__ void load_rows(T* tile, const T* src, int row0, int l
 // Tile `tile` of 64 keys of K and V into the shared-memory stage `stage` ([stage][K, V] tiles).
 template <typename T, int D>
 __device__ __forceinline__ void load_key_value_tiles(T* smem, const T* k, const T* v, int tile, int stage, int seq,
-                                                     int C) {
-  load_rows<T, D, kTile>(smem + (2 * stage) * Tile<D>::kElements, k, tile * kTile, seq, C);
-  load_rows<T, D, kTile>(smem + (2 * stage + 1) * Tile<D>::kElements, v, tile * kTile, seq, C);
+                                                     int ld) {
+  load_rows<T, D, kTile>(smem + (2 * stage) * Tile<D>::kElements, k, tile * kTile, seq, ld);
+  load_rows<T, D, kTile>(smem + (2 * stage + 1) * Tile<D>::kElements, v, tile * kTile, seq, ld);
   copy_async_commit();
 }
 
@@ -281,20 +283,21 @@ constexpr int kForwardRowTiles = 2;
 template <typename T, int D, int MT>
 __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 1)
     flash_forward_kernel(T* ctx, float* lse, const uint32_t* mask, const T* q, const T* k, const T* v,
-                         const int32_t* lengths, int seq, int C, int heads, DropoutSite site) {
+                         const int32_t* lengths, int seq, int C, int ld, int heads, DropoutSite site) {
   // [stage][K, V]; the 128-row Q tile uses the same space before the first K/V load.
   __shared__ __align__(128) T smem[4 * Tile<D>::kElements];
   const int bh = blockIdx.y, r = bh / heads, h = bh % heads;
   const int q0 = blockIdx.x * (64 * MT);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int len = lengths[r];
-  const size_t head_offset = size_t(r) * seq * C + size_t(h) * D;
+  const size_t head_offset = size_t(r) * seq * ld + size_t(h) * D;  // q, k, v (row stride ld)
+  const size_t ctx_offset = size_t(r) * seq * C + size_t(h) * D;
   const float scale2 = rsqrtf(float(D)) * kLog2e;  // scores in the log2 domain
   const bool dropout = site.p > 0.0f;
   const float keep_scale = 1.0f / (1.0f - site.p);
   const int words = mask_words_per_row(seq);
 
-  load_rows<T, D, 64 * MT>(smem, q + head_offset, q0, seq, C);
+  load_rows<T, D, 64 * MT>(smem, q + head_offset, q0, seq, ld);
   copy_async_commit();
   copy_async_wait<0>();
   __syncthreads();
@@ -306,7 +309,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 1)
   __syncthreads();
 
   auto load_kv = [&](int tile, int stage) {
-    load_key_value_tiles<T, D>(smem, k + head_offset, v + head_offset, tile, stage, seq, C);
+    load_key_value_tiles<T, D>(smem, k + head_offset, v + head_offset, tile, stage, seq, ld);
   };
 
   float o[MT][D / 8][4];
@@ -417,7 +420,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 1)
       const float sum = quad_sum(row_sum[m][x]);
       if (i >= seq) continue;
       const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-      T* out = ctx + head_offset + size_t(i) * C;
+      T* out = ctx + ctx_offset + size_t(i) * C;
 #pragma unroll
       for (int n = 0; n < D / 8; ++n)
         *reinterpret_cast<uint32_t*>(out + n * 8 + 2 * t) =
@@ -455,7 +458,7 @@ constexpr int kBackwardQueryTile = 64;
 template <typename T, int D, int QT>
 __global__ void __launch_bounds__(kThreads, QT == 32 ? 3 : 1) flash_backward_kv_kernel(
     T* dk, T* dv, T* ds_t, const T* q, const T* k, const T* v, const T* dctx, const float* lse, const float* delta,
-    const uint32_t* mask, const int32_t* lengths, int seq, int seq_pad, int C, int heads, DropoutSite site) {
+    const uint32_t* mask, const int32_t* lengths, int seq, int seq_pad, int C, int ld, int heads, DropoutSite site) {
   constexpr int kQStride = D + 8, kQElements = QT * kQStride;
   static_assert(4 * kQElements >= 2 * Tile<D>::kElements, "the K/V staging must fit in the query buffers");
   __shared__ __align__(128) T smem[4 * kQElements];  // [stage][Q, dO]
@@ -465,7 +468,8 @@ __global__ void __launch_bounds__(kThreads, QT == 32 ? 3 : 1) flash_backward_kv_
   const int j0 = blockIdx.x * kTile;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int len = lengths[r];
-  const size_t head_offset = size_t(r) * seq * C + size_t(h) * D;
+  const size_t head_offset = size_t(r) * seq * ld + size_t(h) * D;  // q, k, v, dq, dk, dv (row stride ld)
+  const size_t ctx_offset = size_t(r) * seq * C + size_t(h) * D;   // dctx
   const float scale = rsqrtf(float(D)), scale2 = scale * kLog2e;
   const bool dropout = site.p > 0.0f;
   const float keep_scale = 1.0f / (1.0f - site.p);
@@ -481,8 +485,8 @@ __global__ void __launch_bounds__(kThreads, QT == 32 ? 3 : 1) flash_backward_kv_
 
   if (j0 < len) {  // key tiles past the length get zero gradients
     uint32_t ka[D / 16][4], va[D / 16][4];
-    load_rows<T, D, kTile>(smem, k + head_offset, j0, seq, C);
-    load_rows<T, D, kTile>(smem + Tile<D>::kElements, v + head_offset, j0, seq, C);
+    load_rows<T, D, kTile>(smem, k + head_offset, j0, seq, ld);
+    load_rows<T, D, kTile>(smem + Tile<D>::kElements, v + head_offset, j0, seq, ld);
     copy_async_commit();
     copy_async_wait<0>();
     __syncthreads();
@@ -495,8 +499,8 @@ __global__ void __launch_bounds__(kThreads, QT == 32 ? 3 : 1) flash_backward_kv_
 
     auto load_queries = [&](int tile, int stage) {
       const int i0 = tile * QT;
-      load_rows<T, D, QT>(smem + (2 * stage) * kQElements, q + head_offset, i0, seq, C);
-      load_rows<T, D, QT>(smem + (2 * stage + 1) * kQElements, dctx + head_offset, i0, seq, C);
+      load_rows<T, D, QT>(smem + (2 * stage) * kQElements, q + head_offset, i0, seq, ld);
+      load_rows<T, D, QT>(smem + (2 * stage + 1) * kQElements, dctx + ctx_offset, i0, seq, C);
       const int x = threadIdx.x & (QT - 1);
       const bool in = i0 + x < seq;
       const size_t row = size_t(bh) * seq + (in ? i0 + x : 0);
@@ -589,7 +593,7 @@ __global__ void __launch_bounds__(kThreads, QT == 32 ? 3 : 1) flash_backward_kv_
 #pragma unroll
   for (int x = 0; x < 2; ++x) {
     if (kj[x] >= seq) continue;
-    const size_t row = head_offset + size_t(kj[x]) * C;
+    const size_t row = head_offset + size_t(kj[x]) * ld;
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
       *reinterpret_cast<uint32_t*>(dk + row + n * 8 + 2 * t) =
@@ -604,13 +608,14 @@ __global__ void __launch_bounds__(kThreads, QT == 32 ? 3 : 1) flash_backward_kv_
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) flash_backward_q_kernel(
     T* dq, const T* q, const T* k, const T* v, const T* dctx, const float* lse, const float* delta,
-    const uint32_t* mask, const int32_t* lengths, int seq, int C, int heads, DropoutSite site) {
+    const uint32_t* mask, const int32_t* lengths, int seq, int C, int ld, int heads, DropoutSite site) {
   __shared__ __align__(128) T smem[4 * Tile<D>::kElements];  // [stage][K, V]
   const int bh = blockIdx.y, r = bh / heads, h = bh % heads;
   const int i0 = blockIdx.x * kTile;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int len = lengths[r];
-  const size_t head_offset = size_t(r) * seq * C + size_t(h) * D;
+  const size_t head_offset = size_t(r) * seq * ld + size_t(h) * D;  // q, k, v, dq, dk, dv (row stride ld)
+  const size_t ctx_offset = size_t(r) * seq * C + size_t(h) * D;   // dctx
   const float scale = rsqrtf(float(D)), scale2 = scale * kLog2e;
   const bool dropout = site.p > 0.0f;
   const float keep_scale = 1.0f / (1.0f - site.p);
@@ -618,8 +623,8 @@ __global__ void __launch_bounds__(kThreads) flash_backward_q_kernel(
   const int qi[2] = {i0 + warp * 16 + g, i0 + warp * 16 + g + 8};
 
   uint32_t qa[D / 16][4], doa[D / 16][4];
-  load_rows<T, D, kTile>(smem, q + head_offset, i0, seq, C);
-  load_rows<T, D, kTile>(smem + Tile<D>::kElements, dctx + head_offset, i0, seq, C);
+  load_rows<T, D, kTile>(smem, q + head_offset, i0, seq, ld);
+  load_rows<T, D, kTile>(smem + Tile<D>::kElements, dctx + ctx_offset, i0, seq, C);
   copy_async_commit();
   copy_async_wait<0>();
   __syncthreads();
@@ -641,7 +646,7 @@ __global__ void __launch_bounds__(kThreads) flash_backward_q_kernel(
   for (int n = 0; n < D / 8; ++n) dq_acc[n][0] = dq_acc[n][1] = dq_acc[n][2] = dq_acc[n][3] = 0.0f;
 
   auto load_kv = [&](int tile, int stage) {
-    load_key_value_tiles<T, D>(smem, k + head_offset, v + head_offset, tile, stage, seq, C);
+    load_key_value_tiles<T, D>(smem, k + head_offset, v + head_offset, tile, stage, seq, ld);
   };
   const int tiles = (len + kTile - 1) / kTile;
   if (tiles > 0) load_kv(0, 0);
@@ -701,7 +706,7 @@ __global__ void __launch_bounds__(kThreads) flash_backward_q_kernel(
 #pragma unroll
   for (int x = 0; x < 2; ++x) {
     if (qi[x] >= seq) continue;
-    T* out = dq + head_offset + size_t(qi[x]) * C;
+    T* out = dq + head_offset + size_t(qi[x]) * ld;
 #pragma unroll
     for (int n = 0; n < D / 8; ++n)
       *reinterpret_cast<uint32_t*>(out + n * 8 + 2 * t) =
@@ -720,14 +725,14 @@ constexpr int kDsElements = kTile * kDsStride;
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) flash_backward_q_from_ds_kernel(T* dq, const T* ds_t, const T* k,
                                                                             const int32_t* lengths, int seq,
-                                                                            int seq_pad, int C, int heads) {
+                                                                            int seq_pad, int ld, int heads) {
   constexpr int kStage = Tile<D>::kElements + kDsElements;  // [K tile, dS^T tile]
   __shared__ __align__(128) T smem[2 * kStage];
   const int bh = blockIdx.y, r = bh / heads, h = bh % heads;
   const int i0 = blockIdx.x * kTile;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int len = lengths[r];
-  const size_t head_offset = size_t(r) * seq * C + size_t(h) * D;
+  const size_t head_offset = size_t(r) * seq * ld + size_t(h) * D;  // k, dq (row stride ld)
   const T* ds_head = ds_t + size_t(bh) * seq_pad * seq_pad;
   const float scale = rsqrtf(float(D));
 
@@ -737,7 +742,7 @@ __global__ void __launch_bounds__(kThreads) flash_backward_q_from_ds_kernel(T* d
 
   auto load = [&](int tile, int stage) {
     T* k_tile = smem + stage * kStage;
-    load_rows<T, D, kTile>(k_tile, k + head_offset, tile * kTile, seq, C);
+    load_rows<T, D, kTile>(k_tile, k + head_offset, tile * kTile, seq, ld);
     // 64 key rows x 64 query columns of dS^T: always inside the seq_pad x seq_pad block.
     constexpr int kChunks = kTile * int(sizeof(T)) / 16;
     T* ds_tile = k_tile + Tile<D>::kElements;
@@ -775,7 +780,7 @@ __global__ void __launch_bounds__(kThreads) flash_backward_q_from_ds_kernel(T* d
   for (int x = 0; x < 2; ++x) {
     const int i = i0 + warp * 16 + g + 8 * x;
     if (i >= seq) continue;
-    T* out = dq + head_offset + size_t(i) * C;
+    T* out = dq + head_offset + size_t(i) * ld;
 #pragma unroll
     for (int n = 0; n < D / 8; ++n)
       *reinterpret_cast<uint32_t*>(out + n * 8 + 2 * t) =
@@ -785,19 +790,19 @@ __global__ void __launch_bounds__(kThreads) flash_backward_q_from_ds_kernel(T* d
 
 template <typename T, int D>
 void launch_forward(void* ctx, float* lse, const uint32_t* mask, const void* q, const void* k, const void* v,
-                    const int32_t* lengths, int rows, int seq, int C, int heads, const DropoutSite& site,
+                    const int32_t* lengths, int rows, int seq, int C, int ld, int heads, const DropoutSite& site,
                     cudaStream_t stream) {
   const dim3 grid(ceil_div(seq, 64 * kForwardRowTiles), rows * heads);
   flash_forward_kernel<T, D, kForwardRowTiles><<<grid, kThreads, 0, stream>>>(
       static_cast<T*>(ctx), lse, mask, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
-      lengths, seq, C, heads, site);
+      lengths, seq, C, ld, heads, site);
   CUDA_CHECK_LAUNCH("flash_forward_kernel");
 }
 
 template <typename T, int D>
 void launch_backward(void* dq, void* dk, void* dv, const void* dctx, const void* ctx, const void* q, const void* k,
                      const void* v, const float* lse, const uint32_t* mask, float* delta, void* ds_scratch,
-                     const int32_t* lengths, int rows, int seq, int C, int heads, const DropoutSite& site,
+                     const int32_t* lengths, int rows, int seq, int C, int ld, int heads, const DropoutSite& site,
                      cudaStream_t stream) {
   const size_t warps = size_t(rows) * seq * heads;
   flash_backward_delta_kernel<T, D><<<ceil_div(warps, 8), 256, 0, stream>>>(
@@ -808,18 +813,26 @@ void launch_backward(void* dq, void* dk, void* dv, const void* dctx, const void*
   T* ds_t = static_cast<T*>(ds_scratch);
   flash_backward_kv_kernel<T, D, kBackwardQueryTile><<<grid, kThreads, 0, stream>>>(
       static_cast<T*>(dk), static_cast<T*>(dv), ds_t, static_cast<const T*>(q), static_cast<const T*>(k),
-      static_cast<const T*>(v), static_cast<const T*>(dctx), lse, delta, mask, lengths, seq, seq_pad, C, heads, site);
+      static_cast<const T*>(v), static_cast<const T*>(dctx), lse, delta, mask, lengths, seq, seq_pad, C, ld, heads, site);
   CUDA_CHECK_LAUNCH("flash_backward_kv_kernel");
   if (ds_t) {
     flash_backward_q_from_ds_kernel<T, D><<<grid, kThreads, 0, stream>>>(
-        static_cast<T*>(dq), ds_t, static_cast<const T*>(k), lengths, seq, seq_pad, C, heads);
+        static_cast<T*>(dq), ds_t, static_cast<const T*>(k), lengths, seq, seq_pad, ld, heads);
     CUDA_CHECK_LAUNCH("flash_backward_q_from_ds_kernel");
   } else {
     flash_backward_q_kernel<T, D><<<grid, kThreads, 0, stream>>>(
         static_cast<T*>(dq), static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
-        static_cast<const T*>(dctx), lse, delta, mask, lengths, seq, C, heads, site);
+        static_cast<const T*>(dctx), lse, delta, mask, lengths, seq, C, ld, heads, site);
     CUDA_CHECK_LAUNCH("flash_backward_q_kernel");
   }
+}
+
+// q, k, v and their gradients may be column blocks of a wider row (the backend's fused QKV product
+// writes [tokens x 3C]): the row stride must hold C and keep 16-byte rows (cp.async, ldmatrix).
+void check_row_stride(int ld, int C, const char* who) {
+  if (ld < C || ld % 8 != 0)
+    throw std::invalid_argument(std::string(who) + ": q/k/v row stride " + std::to_string(ld) +
+                                " must be >= C = " + std::to_string(C) + " and a multiple of 8");
 }
 
 void check_supported(DType type, int C, int heads, const char* who) {
@@ -887,14 +900,15 @@ void flash_attention_dropout_mask(uint32_t* dropout_mask, int rows, int seq, int
 
 void flash_attention_forward(void* ctx, float* lse, const uint32_t* dropout_mask, const void* q, const void* k,
                              const void* v, const int32_t* lengths, DType type, int rows, int seq, int C, int heads,
-                             const DropoutSite& dropout, cudaStream_t stream) {
+                             int qkv_ld, const DropoutSite& dropout, cudaStream_t stream) {
   check_supported(type, C, heads, "flash_attention_forward");
+  check_row_stride(qkv_ld, C, "flash_attention_forward");
   if (dropout.p > 0.0f && dropout_mask == nullptr)
     throw std::invalid_argument("flash_attention_forward: dropout needs the mask of flash_attention_dropout_mask");
   if (rows <= 0 || seq <= 0) return;
   const int d = C / heads;
 #define LLMQS_FLASH_FWD(T, D) \
-  launch_forward<T, D>(ctx, lse, dropout_mask, q, k, v, lengths, rows, seq, C, heads, dropout, stream)
+  launch_forward<T, D>(ctx, lse, dropout_mask, q, k, v, lengths, rows, seq, C, qkv_ld, heads, dropout, stream)
   if (type == DType::kBF16) {
     if (d == 64) LLMQS_FLASH_FWD(__nv_bfloat16, 64);
     else LLMQS_FLASH_FWD(__nv_bfloat16, 32);
@@ -908,15 +922,16 @@ void flash_attention_forward(void* ctx, float* lse, const uint32_t* dropout_mask
 void flash_attention_backward(void* dq, void* dk, void* dv, const void* dctx, const void* ctx, const void* q,
                               const void* k, const void* v, const float* lse, const uint32_t* dropout_mask,
                               float* delta_scratch, void* ds_scratch, const int32_t* lengths, DType type, int rows,
-                              int seq, int C, int heads, const DropoutSite& dropout, cudaStream_t stream) {
+                              int seq, int C, int heads, int qkv_ld, const DropoutSite& dropout, cudaStream_t stream) {
   check_supported(type, C, heads, "flash_attention_backward");
+  check_row_stride(qkv_ld, C, "flash_attention_backward");
   if (dropout.p > 0.0f && dropout_mask == nullptr)
     throw std::invalid_argument("flash_attention_backward: dropout needs the forward's mask buffer");
   if (rows <= 0 || seq <= 0) return;
   const int d = C / heads;
 #define LLMQS_FLASH_BWD(T, D)                                                                                   \
   launch_backward<T, D>(dq, dk, dv, dctx, ctx, q, k, v, lse, dropout_mask, delta_scratch, ds_scratch, lengths, rows, \
-                        seq, C, heads, dropout, stream)
+                        seq, C, qkv_ld, heads, dropout, stream)
   if (type == DType::kBF16) {
     if (d == 64) LLMQS_FLASH_BWD(__nv_bfloat16, 64);
     else LLMQS_FLASH_BWD(__nv_bfloat16, 32);

@@ -3,6 +3,7 @@
 // padding and batching invariance, the `cpu` Backend contract, and ParameterLayout / init.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <stdexcept>
@@ -16,6 +17,7 @@ using llmqs::core::BatchStats;
 using llmqs::core::BertConfig;
 using llmqs::core::BertCpuModel;
 using llmqs::core::DropoutKey;
+using llmqs::core::ParameterInfo;
 using llmqs::core::ParameterLayout;
 using llmqs::data::Batch;
 
@@ -324,6 +326,34 @@ TEST(ParameterLayout, BertBaseHasHfNamesShapesAndCount) {
   EXPECT_TRUE(layout.contains("bert.pooler.dense.bias"));
   EXPECT_FALSE(layout.contains("bert.pooler.dense.gamma"));
   EXPECT_THROW(layout.find("bert.pooler.dense.gamma"), std::out_of_range);
+}
+
+// The list is in HF order; the offsets tile the buffer exactly once, with each layer's query, key,
+// value weights as one [3H x H] block followed by their biases as one [3H] block (the CUDA
+// backend's fused QKV product depends on it).
+TEST(ParameterLayout, OffsetsTileTheBufferWithEachLayersQkvAdjacent) {
+  for (const BertConfig& c : {BertConfig{}, tiny_config()}) {
+    const ParameterLayout layout = ParameterLayout::for_bert(c);
+    std::vector<std::pair<size_t, size_t>> spans;
+    for (const ParameterInfo& p : layout.parameters()) spans.emplace_back(p.offset, p.numel);
+    std::sort(spans.begin(), spans.end());
+    size_t next = 0;
+    for (const auto& [offset, numel] : spans) {
+      ASSERT_EQ(offset, next);
+      next += numel;
+    }
+    EXPECT_EQ(next, layout.total_numel());
+    const size_t H = static_cast<size_t>(c.hidden_size);
+    for (int l = 0; l < c.num_hidden_layers; ++l) {
+      const std::string p = "bert.encoder.layer." + std::to_string(l) + ".attention.self.";
+      const size_t base = layout.find(p + "query.weight").offset;
+      EXPECT_EQ(layout.find(p + "key.weight").offset, base + H * H) << l;
+      EXPECT_EQ(layout.find(p + "value.weight").offset, base + 2 * H * H) << l;
+      EXPECT_EQ(layout.find(p + "query.bias").offset, base + 3 * H * H) << l;
+      EXPECT_EQ(layout.find(p + "key.bias").offset, base + 3 * H * H + H) << l;
+      EXPECT_EQ(layout.find(p + "value.bias").offset, base + 3 * H * H + 2 * H) << l;
+    }
+  }
 }
 
 TEST(ParameterLayout, InitIsHfShapedDeterministicAndSeeded) {

@@ -92,6 +92,9 @@ class DeviceArray {
   }
   void poison() { set(std::vector<float>(n_, kNaN)); }
   void* ptr() const { return ptr_; }
+  void* ptr_at(size_t element) const {
+    return static_cast<char*>(ptr_) + element * llmqs::kernels::dtype_bytes(type_);
+  }
   float* f32() const { return static_cast<float*>(ptr_); }
   int32_t* i32() const { return static_cast<int32_t*>(ptr_); }
 
@@ -102,6 +105,45 @@ class DeviceArray {
 };
 
 std::vector<float> rounded(const std::vector<float>& host, DType type) { return DeviceArray(host, type).get(); }
+
+// q, k, v (or dq, dk, dv) on the device, either as three [tokens x C] arrays (ld = C) or packed as
+// the column blocks of one [tokens x 3C] array (ld = 3C: the backend's fused QKV layout).
+class QkvOnDevice {
+ public:
+  QkvOnDevice(const std::vector<std::vector<float>>& blocks, size_t tokens, int C, DType type, bool packed)
+      : tokens_(tokens), C_(C), packed_(packed) {
+    if (packed) {
+      std::vector<float> all(tokens * 3 * C);
+      for (size_t t = 0; t < tokens; ++t)
+        for (int b = 0; b < 3; ++b)
+          std::copy_n(blocks[b].begin() + t * C, C, all.begin() + (t * 3 + b) * C);
+      arrays_.emplace_back(new DeviceArray(all, type));
+    } else {
+      for (int b = 0; b < 3; ++b) arrays_.emplace_back(new DeviceArray(blocks[b], type));
+    }
+  }
+  QkvOnDevice(size_t tokens, int C, DType type, bool packed)
+      : QkvOnDevice(std::vector<std::vector<float>>(3, std::vector<float>(tokens * C)), tokens, C, type, packed) {}
+  int ld() const { return packed_ ? 3 * C_ : C_; }
+  void* ptr(int block) const { return packed_ ? arrays_[0]->ptr_at(size_t(block) * C_) : arrays_[block]->ptr(); }
+  std::vector<float> get(int block) const {
+    if (!packed_) return arrays_[block]->get();
+    const std::vector<float> all = arrays_[0]->get();
+    std::vector<float> out(tokens_ * C_);
+    for (size_t t = 0; t < tokens_; ++t)
+      std::copy_n(all.begin() + (t * 3 + block) * C_, C_, out.begin() + t * C_);
+    return out;
+  }
+  void poison() {
+    for (auto& a : arrays_) a->poison();
+  }
+
+ private:
+  size_t tokens_;
+  int C_;
+  bool packed_;
+  std::vector<std::unique_ptr<DeviceArray>> arrays_;
+};
 
 DeviceArray* upload_ints(const std::vector<int32_t>& v) {
   auto* a = new DeviceArray(v.size(), DType::kF32);  // 4-byte elements
@@ -366,7 +408,9 @@ TEST_P(CudaKernels, AttentionWithPaddingAndDropoutMatchesCpu) {
   uint32_t seed = 200;
   for (const Shape& s : {Shape{3, 13, 16, 2, {13, 7, 1}}, Shape{2, 64, 96, 3, {64, 33}}, Shape{2, 128, 64, 4, {100, 128}}}) {
     for (const float p : {0.0f, 0.1f}) {
-      const std::string what = "seq=" + std::to_string(s.seq) + " C=" + std::to_string(s.C) + " p=" + std::to_string(p);
+     for (const bool packed : {false, true}) {  // q, k, v as three arrays, or as the fused [tokens x 3C]
+      const std::string what = "seq=" + std::to_string(s.seq) + " C=" + std::to_string(s.C) + " p=" + std::to_string(p) +
+                               (packed ? " qkv packed" : "");
       const DropoutSite site = make_site(8, p);
       const size_t n = size_t(s.rows) * s.seq * s.C, np = size_t(s.rows) * s.heads * s.seq * s.seq;
       const auto q = rounded(random_vector(n, ++seed), type), k = rounded(random_vector(n, ++seed), type),
@@ -375,8 +419,9 @@ TEST_P(CudaKernels, AttentionWithPaddingAndDropoutMatchesCpu) {
       kc::attention_forward(ctx_ref.data(), probs_ref.data(), q.data(), k.data(), v.data(), s.lengths.data(), s.rows,
                             s.seq, s.C, s.heads, site);
 
-      DeviceArray dq_in(q, type), dk_in(k, type), dv_in(v, type), ddctx(dctx, type), ctx(n, type), probs(np, type);
-      DeviceArray dq(n, type), dk(n, type), dv(n, type);
+      const size_t tokens = size_t(s.rows) * s.seq;
+      QkvOnDevice qkv_in({q, k, v}, tokens, s.C, type, packed), dqkv(tokens, s.C, type, packed);
+      DeviceArray ddctx(dctx, type), ctx(n, type), probs(np, type);
       std::unique_ptr<DeviceArray> lengths(upload_ints(s.lengths));
       std::vector<std::unique_ptr<DeviceArray>> heads;
       for (int i = 0; i < 7; ++i) heads.emplace_back(new DeviceArray(n, type));
@@ -385,11 +430,9 @@ TEST_P(CudaKernels, AttentionWithPaddingAndDropoutMatchesCpu) {
                                    heads[4]->ptr(), heads[5]->ptr(), heads[6]->ptr(), scores.f32(), dropped.ptr()};
       ctx.poison();
       probs.poison();
-      dq.poison();
-      dk.poison();
-      dv.poison();
-      cu::attention_forward(ctx.ptr(), probs.ptr(), dq_in.ptr(), dk_in.ptr(), dv_in.ptr(), lengths->i32(), type, s.rows,
-                            s.seq, s.C, s.heads, site, scratch, ws.matmul, nullptr);
+      dqkv.poison();
+      cu::attention_forward(ctx.ptr(), probs.ptr(), qkv_in.ptr(0), qkv_in.ptr(1), qkv_in.ptr(2), lengths->i32(), type,
+                            s.rows, s.seq, s.C, s.heads, qkv_in.ld(), site, scratch, ws.matmul, nullptr);
       CUDA_CHECK(cudaDeviceSynchronize());
       const auto probs_got = probs.get();
       expect_close(ctx.get(), ctx_ref, tolerance(type), "attention ctx " + what);
@@ -397,12 +440,14 @@ TEST_P(CudaKernels, AttentionWithPaddingAndDropoutMatchesCpu) {
       // Backward from the GPU's probs, so only the backward is under test here.
       kc::attention_backward(dq_ref.data(), dk_ref.data(), dv_ref.data(), dctx.data(), q.data(), k.data(), v.data(),
                              probs_got.data(), s.lengths.data(), s.rows, s.seq, s.C, s.heads, site);
-      cu::attention_backward(dq.ptr(), dk.ptr(), dv.ptr(), ddctx.ptr(), dq_in.ptr(), dk_in.ptr(), dv_in.ptr(), probs.ptr(),
-                             lengths->i32(), type, s.rows, s.seq, s.C, s.heads, site, scratch, ws.matmul, nullptr);
+      cu::attention_backward(dqkv.ptr(0), dqkv.ptr(1), dqkv.ptr(2), ddctx.ptr(), qkv_in.ptr(0), qkv_in.ptr(1),
+                             qkv_in.ptr(2), probs.ptr(), lengths->i32(), type, s.rows, s.seq, s.C, s.heads, dqkv.ld(),
+                             site, scratch, ws.matmul, nullptr);
       CUDA_CHECK(cudaDeviceSynchronize());
-      expect_close(dq.get(), dq_ref, tolerance(type), "attention dq " + what);
-      expect_close(dk.get(), dk_ref, tolerance(type), "attention dk " + what);
-      expect_close(dv.get(), dv_ref, tolerance(type), "attention dv " + what);
+      expect_close(dqkv.get(0), dq_ref, tolerance(type), "attention dq " + what);
+      expect_close(dqkv.get(1), dk_ref, tolerance(type), "attention dk " + what);
+      expect_close(dqkv.get(2), dv_ref, tolerance(type), "attention dv " + what);
+     }
     }
   }
 }
@@ -432,8 +477,8 @@ TEST_P(CudaKernels, FlashAttentionWithPaddingAndDropoutMatchesCpu) {
                          Shape{1, 130, 64, 2, {130}}}) {
     ASSERT_TRUE(cu::flash_attention_supported(type, s.C, s.heads));
     for (const float p : {0.0f, 0.1f}) {
-      const std::string what = "seq=" + std::to_string(s.seq) + " C=" + std::to_string(s.C) + " heads=" +
-                               std::to_string(s.heads) + " p=" + std::to_string(p);
+      const std::string base_what = "seq=" + std::to_string(s.seq) + " C=" + std::to_string(s.C) + " heads=" +
+                                    std::to_string(s.heads) + " p=" + std::to_string(p);
       const DropoutSite site = make_site(16, p);
       const size_t n = size_t(s.rows) * s.seq * s.C, np = size_t(s.rows) * s.heads * s.seq * s.seq;
       const size_t nl = size_t(s.rows) * s.heads * s.seq;
@@ -445,16 +490,19 @@ TEST_P(CudaKernels, FlashAttentionWithPaddingAndDropoutMatchesCpu) {
       kc::attention_backward(dq_ref.data(), dk_ref.data(), dv_ref.data(), dctx.data(), q.data(), k.data(), v.data(),
                              probs_ref.data(), s.lengths.data(), s.rows, s.seq, s.C, s.heads, site);
 
-      DeviceArray dq_in(q, type), dk_in(k, type), dv_in(v, type), ddctx(dctx, type), ctx(n, type);
-      DeviceArray dq(n, type), dk(n, type), dv(n, type), lse(nl, DType::kF32), delta(nl, DType::kF32);
+     for (const bool packed : {false, true}) {  // q, k, v as three arrays, or as the fused [tokens x 3C]
+      const std::string what = base_what + (packed ? " qkv packed" : "");
+      const size_t tokens = size_t(s.rows) * s.seq;
+      QkvOnDevice qkv_in({q, k, v}, tokens, s.C, type, packed), dqkv(tokens, s.C, type, packed);
+      DeviceArray ddctx(dctx, type), ctx(n, type), lse(nl, DType::kF32), delta(nl, DType::kF32);
       DeviceArray mask(cu::flash_attention_mask_words(s.rows, s.seq, s.heads), DType::kF32);  // uint32 words
       std::unique_ptr<DeviceArray> lengths(upload_ints(s.lengths));
       DeviceArray ds(cu::flash_attention_ds_elements(s.rows, s.seq, s.heads), type);
       ctx.poison();
       uint32_t* mask_words = static_cast<uint32_t*>(mask.ptr());
       cu::flash_attention_dropout_mask(mask_words, s.rows, s.seq, s.heads, site, nullptr);
-      cu::flash_attention_forward(ctx.ptr(), lse.f32(), mask_words, dq_in.ptr(), dk_in.ptr(), dv_in.ptr(),
-                                  lengths->i32(), type, s.rows, s.seq, s.C, s.heads, site, nullptr);
+      cu::flash_attention_forward(ctx.ptr(), lse.f32(), mask_words, qkv_in.ptr(0), qkv_in.ptr(1), qkv_in.ptr(2),
+                                  lengths->i32(), type, s.rows, s.seq, s.C, s.heads, qkv_in.ld(), site, nullptr);
       if (p > 0.0f) {  // the keep bits are the CPU's Philox draws, element by element
         std::vector<uint32_t> bits(cu::flash_attention_mask_words(s.rows, s.seq, s.heads));
         CUDA_CHECK(cudaMemcpy(bits.data(), mask_words, bits.size() * 4, cudaMemcpyDeviceToHost));
@@ -476,20 +524,19 @@ TEST_P(CudaKernels, FlashAttentionWithPaddingAndDropoutMatchesCpu) {
       std::vector<float> dk_first, dv_first;
       for (const bool stored_ds : {true, false}) {
         const std::string how = what + (stored_ds ? " (dQ from stored dS)" : " (dQ recomputed)");
-        dq.poison();
-        dk.poison();
-        dv.poison();
+        dqkv.poison();
         ds.poison();
-        cu::flash_attention_backward(dq.ptr(), dk.ptr(), dv.ptr(), ddctx.ptr(), ctx.ptr(), dq_in.ptr(), dk_in.ptr(),
-                                     dv_in.ptr(), lse.f32(), mask_words, delta.f32(), stored_ds ? ds.ptr() : nullptr,
-                                     lengths->i32(), type, s.rows, s.seq, s.C, s.heads, site, nullptr);
+        cu::flash_attention_backward(dqkv.ptr(0), dqkv.ptr(1), dqkv.ptr(2), ddctx.ptr(), ctx.ptr(), qkv_in.ptr(0),
+                                     qkv_in.ptr(1), qkv_in.ptr(2), lse.f32(), mask_words, delta.f32(),
+                                     stored_ds ? ds.ptr() : nullptr, lengths->i32(), type, s.rows, s.seq, s.C, s.heads,
+                                     dqkv.ld(), site, nullptr);
         CUDA_CHECK(cudaDeviceSynchronize());
         // The backward reads the GPU's rounded ctx (through delta): allow twice the forward's error.
-        expect_close(dq.get(), dq_ref, 2 * tolerance(type), "flash dq " + how);
-        expect_close(dk.get(), dk_ref, 2 * tolerance(type), "flash dk " + how);
-        expect_close(dv.get(), dv_ref, tolerance(type), "flash dv " + how);
+        expect_close(dqkv.get(0), dq_ref, 2 * tolerance(type), "flash dq " + how);
+        expect_close(dqkv.get(1), dk_ref, 2 * tolerance(type), "flash dk " + how);
+        expect_close(dqkv.get(2), dv_ref, tolerance(type), "flash dv " + how);
         // Keys past a row's length get exactly zero gradient (skipped tiles and masked keys alike).
-        const auto dk_got = dk.get();
+        const auto dk_got = dqkv.get(1);
         for (int r = 0; r < s.rows; ++r)
           for (int j = s.lengths[r]; j < s.seq; ++j)
             for (int c = 0; c < s.C; ++c)
@@ -497,12 +544,13 @@ TEST_P(CudaKernels, FlashAttentionWithPaddingAndDropoutMatchesCpu) {
         // dK and dV come from the same kernel either way: storing dS must not change them.
         if (stored_ds) {
           dk_first = dk_got;
-          dv_first = dv.get();
+          dv_first = dqkv.get(2);
         } else {
           EXPECT_EQ(dk_got, dk_first) << how;
-          EXPECT_EQ(dv.get(), dv_first) << how;
+          EXPECT_EQ(dqkv.get(2), dv_first) << how;
         }
       }
+     }
     }
   }
 }
