@@ -18,7 +18,8 @@
 // BERT dropout sites (tensor ids, shared by every backend):
 //   0                      embeddings output (after the embeddings LayerNorm)
 //   1                      pooled output, before the classifier
-//   8 * (layer + 1) + 0    attention probabilities, element ((row * heads + head) * seq + query) * seq + key
+//   8 * (layer + 1) + 0    attention probabilities, element ((row * heads + head) * seq + query) * seq + key,
+//                          drawn as 16-bit uniforms, 8 per call (attention_dropout_keep below)
 //   8 * (layer + 1) + 1    attention output dense, before the residual add; element token * hidden + channel
 //   8 * (layer + 1) + 2    feed-forward output dense, before the residual add; same indexing
 // Hidden-state sites index [rows x seq_len x hidden] row-major (token = row * seq_len + position);
@@ -88,6 +89,25 @@ LLMQS_HOST_DEVICE float dropout_uniform(const DropoutSite& site, uint64_t elemen
 
 LLMQS_HOST_DEVICE bool dropout_keep(const DropoutSite& site, uint64_t element) {
   return site.p <= 0.0f || dropout_uniform(site, element) >= site.p;
+}
+
+// Attention-probability sites use 16-bit uniforms, eight per call, because they draw rows x heads x
+// seq^2 elements per layer (about 200 M at 64 x 512; the mask kernel's Philox work competes with the
+// matmuls it overlaps): element e uses half e & 1 (low half first) of word (e >> 1) & 3 of the call
+// with c0 = low 32 bits of e >> 3 (2^35 elements per tensor), and is kept when that 16-bit value is
+// >= attention_dropout_threshold(p) = p * 65536 rounded to nearest: p is quantised to 2^-16 (0.1 ->
+// 6554 / 65536 = 0.100006); the kept values are still scaled by 1 / (1 - p). Every backend calls this.
+LLMQS_HOST_DEVICE uint32_t attention_dropout_threshold(float p) {
+  return static_cast<uint32_t>(static_cast<double>(p) * 65536.0 + 0.5);
+}
+LLMQS_HOST_DEVICE bool attention_keep_from_word(uint32_t word, int half, uint32_t threshold) {
+  return ((half ? word >> 16 : word & 0xFFFFu)) >= threshold;
+}
+LLMQS_HOST_DEVICE bool attention_dropout_keep(const DropoutSite& site, uint64_t element) {
+  if (site.p <= 0.0f) return true;
+  const Philox4x32 words = dropout_words(site, element >> 3);
+  return attention_keep_from_word(words.v[(element >> 1) & 3], static_cast<int>(element & 1),
+                                  attention_dropout_threshold(site.p));
 }
 
 constexpr uint32_t kEmbeddingDropoutId = 0;

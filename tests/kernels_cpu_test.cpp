@@ -103,6 +103,32 @@ TEST(Philox, DropoutCounterLayoutIsAsDocumented) {
   EXPECT_EQ(llmqs::kernels::dropout_uniform(site, element), static_cast<float>(words.v[2] >> 8) / 16777216.0f);
 }
 
+// Attention sites: element 8 g + 2 k + h is half h (low first) of word k of the call with c0 = g,
+// kept when that 16-bit value >= round(p * 65536); the kept share matches 1 - p.
+TEST(Philox, AttentionDropoutUsesSixteenBitHalvesEightPerCall) {
+  DropoutSite site;
+  site.seed = 0x0123456789abcdefull;
+  site.step = 77;
+  site.rank = 3;
+  site.micro_step = 5;
+  site.tensor_id = 8;
+  site.p = 0.1f;
+  EXPECT_EQ(llmqs::kernels::attention_dropout_threshold(0.1f), 6554u);
+  EXPECT_EQ(llmqs::kernels::attention_dropout_threshold(1.0f), 65536u);  // nothing kept
+  const auto words = llmqs::kernels::philox4x32_10(1000, 8, 77, (3u << 16) | 5u, 0x89abcdefu, 0x01234567u);
+  for (int k = 0; k < 4; ++k)
+    for (int h = 0; h < 2; ++h) {
+      const uint32_t half = h ? words.v[k] >> 16 : words.v[k] & 0xFFFFu;
+      EXPECT_EQ(llmqs::kernels::attention_dropout_keep(site, 8 * 1000 + 2 * k + h), half >= 6554u) << k << " " << h;
+    }
+  size_t kept = 0;
+  const size_t n = 1 << 20;
+  for (size_t e = 0; e < n; ++e) kept += llmqs::kernels::attention_dropout_keep(site, e);
+  EXPECT_NEAR(static_cast<double>(kept) / n, 0.9, 0.002);
+  site.p = 0.0f;
+  EXPECT_TRUE(llmqs::kernels::attention_dropout_keep(site, 12345));
+}
+
 TEST(Dropout, MaskStatisticsScaleAndBackward) {
   const size_t n = 200003;  // odd: the last Philox group is partial
   DropoutSite site;

@@ -470,8 +470,8 @@ TEST_P(CudaKernels, FlashAttentionWithPaddingAndDropoutMatchesCpu) {
                  << " code here (the T4 build), where bf16 attention takes the unfused path";
   }
   uint32_t seed = 900;
-  // seq 77 and 130 take the mask kernel's per-element Philox path (seq % 4 != 0), the others one
-  // call per four keys; 256 spans two 128-query forward blocks and four key tiles.
+  // seq 77 and 130 take the mask kernel's per-key Philox path (seq % 8 != 0), the others one
+  // call per eight keys; 256 spans two 128-query forward blocks and four key tiles.
   for (const Shape& s : {Shape{2, 128, 128, 2, {100, 128}}, Shape{3, 77, 96, 3, {77, 40, 1}},
                          Shape{1, 200, 256, 4, {131}}, Shape{2, 256, 128, 2, {256, 190}},
                          Shape{1, 130, 64, 2, {130}}}) {
@@ -514,7 +514,7 @@ TEST_P(CudaKernels, FlashAttentionWithPaddingAndDropoutMatchesCpu) {
               for (int j = 0; j < s.seq; ++j) {
                 const size_t row = (size_t(r) * s.heads + h) * s.seq + i;
                 const bool got = (bits[row * words_per_row + j / 32] >> (j % 32)) & 1u;
-                wrong += got != llmqs::kernels::dropout_keep(site, row * s.seq + j);
+                wrong += got != llmqs::kernels::attention_dropout_keep(site, row * s.seq + j);
               }
         EXPECT_EQ(wrong, 0u) << "flash dropout mask " << what;
       }
