@@ -4,11 +4,12 @@
 //
 // For row r (length L_r), head h, query i, key j (d = head_dim, c = 1/sqrt(d)):
 //   S_ij = c q_i.k_j;  P_ij = softmax_j(S_ij) over j < L_r;  keep_ij = Philox(site, element e_ij)
-//   e_ij = ((r * heads + h) * seq + i) * seq + j  (the CPU's indexing: identical masks)
+//   e_ij = ((r * heads + h) * seq + i) * seq + j  (the CPU's indexing and attention_dropout_keep:
+//   identical masks)
 //   O_i = sum_j P_ij keep_ij / (1 - p) v_j
 // Nothing of size seq x seq is stored except the dropout mask as bits (1/16 of bf16 probabilities):
-// attention_dropout_mask_kernel draws each keep bit once (one Philox call per four keys when
-// seq % 4 == 0) -- the backend runs it on a side stream, overlapped with the matmuls -- and the
+// attention_dropout_mask_kernel draws each keep bit once (one Philox call per eight keys when
+// seq % 8 == 0) -- the backend runs it on a side stream, overlapped with the matmuls -- and the
 // forward and backward read the bits. The forward keeps a running max and sum per query (online
 // softmax) and saves lse_i (log2-domain log-sum-exp, [rows x heads x seq] fp32).
 // Backward (P recomputed from lse):
@@ -241,8 +242,9 @@ __host__ __device__ __forceinline__ int mask_words_per_row(int seq) { return 2 *
 __host__ __device__ __forceinline__ int ds_pad(int seq) { return (seq + kTile - 1) / kTile * kTile; }
 
 // One thread per 32-key word: word w of query row `row` (= bh * seq + i) holds keep(i, 32 w + b) in
-// bit b, zeros for keys at or past seq. With seq % 4 == 0 each group of four keys from a multiple of
-// 4 is one Philox call (8 per word, the fewest the CPU's layout allows); otherwise one per key.
+// bit b, zeros for keys at or past seq (attention_dropout_keep in philox.h: 16-bit uniforms, eight
+// per Philox call). With seq % 8 == 0 each group of eight keys from a multiple of 8 is one call (4
+// per word, the fewest the layout allows); otherwise one call per key.
 __global__ void attention_dropout_mask_kernel(uint32_t* mask, size_t query_rows, int seq, int words, DropoutSite site) {
   const size_t index = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (index >= query_rows * words) return;
@@ -252,16 +254,18 @@ __global__ void attention_dropout_mask_kernel(uint32_t* mask, size_t query_rows,
   if (j0 < seq) {
     const uint64_t e0 = uint64_t(row) * seq + j0;
     const int keys = min(32, seq - j0);
-    if ((seq & 3) == 0) {
+    const uint32_t threshold = attention_dropout_threshold(site.p);
+    if ((seq & 7) == 0) {
 #pragma unroll
-      for (int group = 0; group < 8; ++group) {
-        if (4 * group >= keys) break;
-        const Philox4x32 w = dropout_words(site, (e0 >> 2) + group);
+      for (int group = 0; group < 4; ++group) {
+        if (8 * group >= keys) break;
+        const Philox4x32 w = dropout_words(site, (e0 >> 3) + group);
 #pragma unroll
-        for (int c = 0; c < 4; ++c) bits |= uint32_t(uniform_from_word(w.v[c]) >= site.p) << (4 * group + c);
+        for (int c = 0; c < 8; ++c)
+          bits |= uint32_t(attention_keep_from_word(w.v[c >> 1], c & 1, threshold)) << (8 * group + c);
       }
     } else {
-      for (int b = 0; b < keys; ++b) bits |= uint32_t(dropout_uniform(site, e0 + b) >= site.p) << b;
+      for (int b = 0; b < keys; ++b) bits |= uint32_t(attention_dropout_keep(site, e0 + b)) << b;
     }
   }
   mask[index] = bits;
@@ -329,7 +333,9 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 1)
     prefetch_next_and_wait(jt, tiles, load_kv);
     const T* k_tile = smem + (2 * stage) * Tile<D>::kElements;
     const T* v_tile = smem + (2 * stage + 1) * Tile<D>::kElements;
-    uint2 keep[MT][2];  // this tile's keep bits of the thread's four query rows
+    // This tile's keep bits of the thread's four query rows, shifted right by 2t: the bit of column
+    // n * 8 + 2t + c is then bit (n % 4) * 8 + c of word n / 4, a constant after unrolling.
+    uint2 keep[MT][2];
 #pragma unroll
     for (int m = 0; m < MT; ++m)
 #pragma unroll
@@ -338,7 +344,10 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 1)
         keep[m][x] = dropout && i < seq
                          ? *reinterpret_cast<const uint2*>(mask + (size_t(bh) * seq + i) * words + 2 * jt)
                          : make_uint2(~0u, ~0u);
+        keep[m][x].x >>= 2 * t;
+        keep[m][x].y >>= 2 * t;
       }
+    const bool partial_tile = j0 + kTile > len;  // warp-uniform: only the last tile masks keys
 
     float s[MT][kTile / 8][4];
 #pragma unroll
@@ -360,19 +369,23 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 1)
 
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
+      // The max over raw scores (scale2 > 0 keeps the order), then p = 2^(s scale2 - max) in one FMA.
+      if (partial_tile) {
+#pragma unroll
+        for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            if (j0 + n * 8 + 2 * t + (e & 1) >= len) s[m][n][e] = -INFINITY;
+      }
       float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
       for (int n = 0; n < kTile / 8; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const bool valid = j0 + n * 8 + 2 * t + (e & 1) < len;
-          s[m][n][e] = valid ? s[m][n][e] * scale2 : -INFINITY;
-          tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[m][n][e]);
-        }
+        for (int e = 0; e < 4; ++e) tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[m][n][e]);
       float correction[2];
 #pragma unroll
       for (int x = 0; x < 2; ++x) {
-        const float new_max = fmaxf(row_max[m][x], quad_max(tile_max[x]));  // finite: key j0 is valid
+        const float new_max = fmaxf(row_max[m][x], quad_max(tile_max[x]) * scale2);  // finite: key j0 is valid
         correction[x] = exp2f(row_max[m][x] - new_max);
         row_max[m][x] = new_max;
         row_sum[m][x] *= correction[x];
@@ -387,9 +400,11 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 1)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int x = e >> 1;
-          const float p = exp2f(s[m][n][e] - row_max[m][x]);
+          const float p = exp2f(fmaf(s[m][n][e], scale2, -row_max[m][x]));
           row_sum[m][x] += p;
-          s[m][n][e] = dropout ? p * keep_value(keep[m][x], n * 8 + 2 * t + (e & 1), keep_scale) : p;
+          // Dropped probabilities: kept ones stay unscaled here; 1 / (1 - p) is applied once at the end.
+          const uint32_t word = n < 4 ? keep[m][x].x : keep[m][x].y;
+          s[m][n][e] = word & (1u << ((n & 3) * 8 + (e & 1))) ? p : 0.0f;
         }
     }
 
@@ -419,7 +434,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 1)
       const int i = q0 + warp * 16 * MT + m * 16 + g + 8 * x;
       const float sum = quad_sum(row_sum[m][x]);
       if (i >= seq) continue;
-      const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+      const float inv = sum > 0.0f ? (dropout ? keep_scale : 1.0f) / sum : 0.0f;
       T* out = ctx + ctx_offset + size_t(i) * C;
 #pragma unroll
       for (int n = 0; n < D / 8; ++n)
@@ -472,10 +487,14 @@ __global__ void __launch_bounds__(kThreads, QT == 32 ? 3 : 1) flash_backward_kv_
   const size_t ctx_offset = size_t(r) * seq * C + size_t(h) * D;   // dctx
   const float scale = rsqrtf(float(D)), scale2 = scale * kLog2e;
   const bool dropout = site.p > 0.0f;
-  const float keep_scale = 1.0f / (1.0f - site.p);
+  const float keep_scale = dropout ? 1.0f / (1.0f - site.p) : 1.0f;
   const int words = mask_words_per_row(seq);
   const int kj[2] = {j0 + warp * 16 + g, j0 + warp * 16 + g + 8};
-  const int key_bit[2] = {warp * 16 + g, warp * 16 + g + 8};  // bit of the 64-key mask pair
+  // Bit of the 64-key mask pair: keys j0 + 16 w + g (+ 8) sit in word w / 2 (both in the same one)
+  // at bit (16 w + g) % 32 (+ 8).
+  const bool high_keys = warp >= 2;
+  const bool key_valid[2] = {kj[0] < len, kj[1] < len};
+  const int key_shift[2] = {(warp * 16 + g) & 31, (warp * 16 + g + 8) & 31};
 
   float dk_acc[D / 8][4], dv_acc[D / 8][4];
 #pragma unroll
@@ -540,26 +559,28 @@ __global__ void __launch_bounds__(kThreads, QT == 32 ? 3 : 1) flash_backward_kv_
         }
       // p -> Pd^T (dropped probabilities), dp -> dS^T. Element e of block n: query column
       // n * 8 + 2t + (e & 1), key kj[e >> 1]; the two query columns' lse, delta and mask words
-      // are adjacent in shared memory (one 8- or 16-byte load each).
+      // are adjacent in shared memory (one 8- or 16-byte load each). Query column n * 8 + 2t + y is
+      // inside seq iff n * 8 + y < query_room (one compare with a constant per element).
+      const int query_room = seq - i0 - 2 * t;
 #pragma unroll
       for (int n = 0; n < QT / 8; ++n) {
         const int col = n * 8 + 2 * t;
         const float2 lse2 = *reinterpret_cast<const float2*>(&lse_s[stage][col]);
         const float2 delta2 = *reinterpret_cast<const float2*>(&delta_s[stage][col]);
-        uint4 mask2 = make_uint4(~0u, ~0u, ~0u, ~0u);
-        if (dropout) mask2 = *reinterpret_cast<const uint4*>(&mask_s[stage][col]);
+        uint32_t words[2] = {~0u, ~0u};  // the mask words of query columns col, col + 1 holding this warp's keys
+        if (dropout) {
+          const uint4 mask2 = *reinterpret_cast<const uint4*>(&mask_s[stage][col]);
+          words[0] = high_keys ? mask2.y : mask2.x;
+          words[1] = high_keys ? mask2.w : mask2.z;
+        }
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int y = e & 1, x = e >> 1;
-          const bool valid = i0 + col + y < seq && kj[x] < len;
           const float row_lse = y ? lse2.y : lse2.x, row_delta = y ? delta2.y : delta2.x;
-          const float prob = valid ? exp2f(p[n][e] * scale2 - row_lse) : 0.0f;
-          float keep = 1.0f;
-          if (dropout) {
-            const uint32_t word = key_bit[x] < 32 ? (y ? mask2.z : mask2.x) : (y ? mask2.w : mask2.y);
-            keep = (word >> (key_bit[x] & 31)) & 1u ? keep_scale : 0.0f;
-          }
-          dp[n][e] = prob * (dp[n][e] * keep - row_delta);
+          float prob = exp2f(fmaf(p[n][e], scale2, -row_lse));
+          if (!(key_valid[x] && n * 8 + y < query_room)) prob = 0.0f;
+          const float keep = (words[y] >> key_shift[x]) & 1u ? keep_scale : 0.0f;
+          dp[n][e] = prob * fmaf(dp[n][e], keep, -row_delta);
           p[n][e] = prob * keep;
         }
       }
