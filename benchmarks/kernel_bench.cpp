@@ -812,6 +812,17 @@ int run(const Options& o) {
       cu::linear_backward_weight(matmul, stream, type, dy, x, dw, N, in, out);
     };
     add(std::move(g));
+    Row f;  // the same product with the bias gradient summed by its epilogue (what the backend runs)
+    f.name = "linear_bwd_weight_bias." + name;
+    f.shape = g.shape + " + dbias";
+    f.call = "linear_backward_weight(..., dbias, dbias_scratch): cuBLASLt BGRADB epilogue + dbias += scratch";
+    f.flops = g.flops;
+    f.note = "not in the step count: compare with linear_bwd_weight + linear_bwd_bias";
+    f.enqueue = [&matmul, &stream, &b, type, dy, x, dw, N, in, out] {
+      if (!cu::linear_backward_weight(matmul, stream, type, dy, x, dw, N, in, out, b.dbias, b.reduce_scratch))
+        cu::linear_backward_bias(b.dbias, dy, type, N, out, b.reduce_scratch, stream);
+    };
+    add(std::move(f));
   };
 
   // ---- the Linear layers, forward: q, k, v as one product (N x C -> 3C), then the output projection ----

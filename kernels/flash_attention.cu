@@ -445,22 +445,31 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 1)
 }
 
 // ---- backward -----------------------------------------------------------------------------------
-// delta[bh, i] = dO_i . O_i (fp32), one warp per (token, head).
+// delta[bh, i] = dO_i . O_i (fp32). One thread per 16-byte pack (8 elements) of a token's row; the
+// D / 8 packs of a head are consecutive lanes, added by a shuffle tree (fixed order). A warp reads
+// 512 contiguous bytes of each tensor.
 template <typename T, int D>
 __global__ void flash_backward_delta_kernel(float* delta, const T* dctx, const T* ctx, int rows, int seq, int C,
                                             int heads) {
-  const size_t w = size_t(blockIdx.x) * (blockDim.x / 32) + (threadIdx.x >> 5);
-  const int lane = threadIdx.x & 31;
-  if (w >= size_t(rows) * seq * heads) return;
-  const int h = int(w % heads);
-  const size_t token = w / heads;
-  const size_t r = token / seq, i = token % seq;
-  const T* a = dctx + token * C + size_t(h) * D;
-  const T* b = ctx + token * C + size_t(h) * D;
+  constexpr int kPacksPerHead = D / 8;
+  const size_t packs_per_token = size_t(C) / 8;
+  const size_t index = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const bool in = index < size_t(rows) * seq * packs_per_token;
   float sum = 0.0f;
-  for (int e = lane; e < D; e += 32) sum += to_float(a[e]) * to_float(b[e]);
-  sum = warp_sum(sum);
-  if (lane == 0) delta[(r * heads + h) * seq + i] = sum;
+  if (in) {
+    float a[8], b[8];
+    load_pack(dctx + index * 8, a);
+    load_pack(ctx + index * 8, b);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) sum += a[e] * b[e];
+  }
+#pragma unroll
+  for (int offset = 1; offset < kPacksPerHead; offset <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+  if (!in || index % kPacksPerHead != 0) return;
+  const size_t token = index / packs_per_token;
+  const int h = int(index % packs_per_token) / kPacksPerHead;
+  const size_t r = token / seq, i = token % seq;
+  delta[(r * heads + h) * seq + i] = sum;
 }
 
 // dK, dV for one tile of 64 keys: warp w owns keys j0 + 16 w .. + 15 (K and V rows in registers as
@@ -825,8 +834,8 @@ void launch_backward(void* dq, void* dk, void* dv, const void* dctx, const void*
                      const void* v, const float* lse, const uint32_t* mask, float* delta, void* ds_scratch,
                      const int32_t* lengths, int rows, int seq, int C, int ld, int heads, const DropoutSite& site,
                      cudaStream_t stream) {
-  const size_t warps = size_t(rows) * seq * heads;
-  flash_backward_delta_kernel<T, D><<<ceil_div(warps, 8), 256, 0, stream>>>(
+  const size_t packs = size_t(rows) * seq * (C / 8);
+  flash_backward_delta_kernel<T, D><<<ceil_div(packs, 256), 256, 0, stream>>>(
       delta, static_cast<const T*>(dctx), static_cast<const T*>(ctx), rows, seq, C, heads);
   CUDA_CHECK_LAUNCH("flash_backward_delta_kernel");
   const dim3 grid(ceil_div(seq, kTile), rows * heads);

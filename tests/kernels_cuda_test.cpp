@@ -247,6 +247,21 @@ TEST_P(CudaKernels, LinearForwardAndBackwardMatchCpu) {
     expect_close(dx.get(), dx_ref, tolerance(type), "dx (accumulated) " + what);
     expect_close(dw.get(), dw_ref, tolerance(type), "dweight (accumulated) " + what);
     expect_close(db.get(), db_ref, tolerance(type), "dbias (accumulated) " + what);
+    // The bias gradient summed by the weight-gradient product's epilogue (BGRADB), accumulated
+    // into db like the separate pass: the same values up to summation order. When cuBLASLt offers
+    // no such algorithm the call says so and leaves db alone.
+    DeviceArray dw2(dw0), db2(db0), sums_scratch(size_t(s.out), DType::kF32);
+    sums_scratch.poison();
+    const bool fused = cu::linear_backward_weight(ws.matmul, nullptr, type, ddy.ptr(), dx_.ptr(), dw2.f32(), s.n, s.in,
+                                                  s.out, db2.f32(), sums_scratch.f32());
+    CUDA_CHECK(cudaDeviceSynchronize());
+    expect_close(dw2.get(), dw_ref, tolerance(type), "dweight with the fused bias gradient " + what);
+    if (fused)
+      expect_close(db2.get(), db_ref, tolerance(type), "dbias from the BGRADB epilogue " + what);
+    else
+      EXPECT_EQ(db2.get(), db0) << what;
+    std::cout << "[ bgradb ] " << cu::dtype_name(type) << " " << what << ": " << (fused ? "fused" : "not offered")
+              << "\n";
   }
 }
 
