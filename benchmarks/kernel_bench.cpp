@@ -618,8 +618,9 @@ int run(const Options& o) {
   for (float** slot : {&b.gamma, &b.beta, &b.dgamma, &b.dbeta}) arena.add(*slot, size_t(C) * 4);
   arena.add(b.mean, size_t(N) * 4);
   arena.add(b.rstd, size_t(N) * 4);
-  // The widest column reduction of the rows below: bias sums (C columns), LayerNorm backward (2C),
-  // dGELU + FFN1 bias (I): column_reduce_scratch_floats(N, cols) each (kernels/cuda_kernels.h).
+  // The widest column reduction of the rows below: bias sums (C columns), LayerNorm backward (3C
+  // with the dense layer's bias), QKV bias (3C), dGELU + FFN1 bias (I):
+  // column_reduce_scratch_floats(N, cols) each (kernels/cuda_kernels.h).
   const size_t scratch_floats = std::max({cu::column_reduce_scratch_floats(N, C), cu::column_reduce_scratch_floats(N, 2 * C),
                                           cu::column_reduce_scratch_floats(N, 3 * C),
                                           cu::column_reduce_scratch_floats(N, I)});
@@ -838,14 +839,16 @@ int run(const Options& o) {
   linear_bwd("ffn1", C, I, b.d_ffn, b.x, b.w_ffn1, b.dx, b.dw_ffn1, 1.0f, layers, layers);
   linear_bwd("ffn2", I, C, b.dy, b.ffn_act, b.w_ffn2, b.dx_ffn, b.dw_ffn2, 0.0f, layers, layers);
 
-  // ---- bias gradients of o and FFN2, and of the fused QKV product (FFN1's is fused into dGELU) ----
+  // ---- bias gradients: the fused QKV product's; o and FFN2's are summed inside layernorm_backward
+  // (dbias_dropped), FFN1's inside dGELU; the 768-column sum stays as the reference for that fusion ----
   {
     Row r;
     r.name = "linear_bwd_bias.768";
     r.shape = sizes + " column sums -> dbias fp32 +=";
     r.call = "linear_backward_bias(dbias, dy, type, N, 768, scratch, stream)";
     r.bytes = double(nC) * es + 2.0 * C * 4;
-    r.calls_per_step = 2 * layers;
+    r.calls_per_step = 0;
+    r.note = "not called by the backend (layernorm_backward's dbias_dropped sums o and FFN2); for comparison";
     r.enqueue = [&, N, C] { cu::linear_backward_bias(b.dbias, b.dy, type, N, C, b.reduce_scratch, stream); };
     add(std::move(r));
     Row q;
@@ -883,15 +886,15 @@ int run(const Options& o) {
   {
     Row r;
     r.name = "layernorm_bwd.residual";
-    r.shape = sizes + " -> dx, dropout^T(dx), dgamma, dbeta";
-    r.call = "layernorm_backward(dx, dx_dropped, dgamma, dbeta, dout, x=sum, mean, rstd, gamma, type, N, 768, "
-             "a_site p=0.1, none, scratch)";
-    // dout, x in; dx, dx_dropped out; mean, rstd, gamma in; dgamma, dbeta read and written
-    r.bytes = 4.0 * double(nC) * es + 2.0 * N * 4 + double(C) * 4 + 4.0 * C * 4;
+    r.shape = sizes + " -> dx, dropout^T(dx), dgamma, dbeta, dbias";
+    r.call = "layernorm_backward(dx, dx_dropped, dgamma, dbeta, dbias_dropped, dout, x=sum, mean, rstd, gamma, type, "
+             "N, 768, a_site p=0.1, none, scratch)";
+    // dout, x in; dx, dx_dropped out; mean, rstd, gamma in; dgamma, dbeta, dbias read and written
+    r.bytes = 4.0 * double(nC) * es + 2.0 * N * 4 + double(C) * 4 + 6.0 * C * 4;
     r.calls_per_step = 2 * layers;
     r.enqueue = [&, N, C] {
-      cu::layernorm_backward(b.dx, b.dx_dropped, b.dgamma, b.dbeta, b.dy, b.ln_sum, b.mean, b.rstd, b.gamma, type, N, C,
-                             hidden_site, none, b.reduce_scratch, stream);
+      cu::layernorm_backward(b.dx, b.dx_dropped, b.dgamma, b.dbeta, b.dbias, b.dy, b.ln_sum, b.mean, b.rstd, b.gamma,
+                             type, N, C, hidden_site, none, b.reduce_scratch, stream);
     };
     add(std::move(r));
   }

@@ -646,26 +646,28 @@ class CudaBackend final : public Backend {
       const LayerParams& lp = layers_[l];
       const LayerDeviceBuffers& a = plan_.layers[l];
       const void* x = layer_input(l);
-      // Output LayerNorm: d_sum = d(attn_out) via the residual, d_tmp = d(FFN2 output) through dropout.
-      cu::layernorm_backward(d_sum, d_tmp, G(lp.ln2_g), G(lp.ln2_b), d_h, act(a.ffn_sum), f32(a.ffn_mean),
-                             f32(a.ffn_rstd), P(lp.ln2_g), type_, N, C,
+      // Output LayerNorm: d_sum = d(attn_out) via the residual, d_tmp = d(FFN2 output) through
+      // dropout, whose column sums are the FFN2 bias gradient (summed in the same pass).
+      cu::layernorm_backward(d_sum, d_tmp, G(lp.ln2_g), G(lp.ln2_b), G(lp.f_b), d_h, act(a.ffn_sum),
+                             f32(a.ffn_mean), f32(a.ffn_rstd), P(lp.ln2_g), type_, N, C,
                              layer_site(l, kernels::LayerDropoutSite::kFeedForwardOutput, hidden_p), none, scratch(),
                              stream_);
       profile_->mark("ln_bwd");
-      linear_grad(d_tmp, act(a.ffn_act), lp.f_w, lp.f_b, d_ffn, 0.0f, N, I, C);
+      linear_grad(d_tmp, act(a.ffn_act), lp.f_w, lp.f_b, d_ffn, 0.0f, N, I, C, true);
       profile_->mark("ffn2_bwd");
       // dGELU and the FFN1 bias gradient in one pass over N x I.
       cu::gelu_backward_bias_grad(d_ffn, G(lp.i_b), act(a.ffn_pre), d_ffn, type_, N, I, scratch(), stream_);
       profile_->mark("gelu_bwd");
       linear_grad(d_ffn, act(a.attn_out), lp.i_w, lp.i_b, d_sum, 1.0f, N, C, I, true);
       profile_->mark("ffn1_bwd");
-      // Attention LayerNorm: d_h = d(layer input) via the residual, d_tmp = d(O projection output).
-      cu::layernorm_backward(d_h, d_tmp, G(lp.ln1_g), G(lp.ln1_b), d_sum, act(a.attn_sum), f32(a.attn_mean),
-                             f32(a.attn_rstd), P(lp.ln1_g), type_, N, C,
+      // Attention LayerNorm: d_h = d(layer input) via the residual, d_tmp = d(O projection output)
+      // and its column sums, the O projection's bias gradient.
+      cu::layernorm_backward(d_h, d_tmp, G(lp.ln1_g), G(lp.ln1_b), G(lp.o_b), d_sum, act(a.attn_sum),
+                             f32(a.attn_mean), f32(a.attn_rstd), P(lp.ln1_g), type_, N, C,
                              layer_site(l, kernels::LayerDropoutSite::kAttentionOutput, hidden_p), none, scratch(),
                              stream_);
       profile_->mark("ln_bwd");
-      linear_grad(d_tmp, act(a.ctx), lp.o_w, lp.o_b, act(plan_.d_ctx), 0.0f, N, C, C);
+      linear_grad(d_tmp, act(a.ctx), lp.o_w, lp.o_b, act(plan_.d_ctx), 0.0f, N, C, C, true);
       profile_->mark("o_bwd");
       void* d_qkv = act(plan_.d_qkv);
       if (plan_.fused_attention)
@@ -686,8 +688,8 @@ class CudaBackend final : public Backend {
       linear_grad(d_qkv, x, lp.q_w, lp.q_b, d_h, 1.0f, N, C, 3 * C);  // the fused product's three gradients
       profile_->mark("qkv_bwd");
     }
-    cu::layernorm_backward(d_sum, nullptr, G(ln0_g_), G(ln0_b_), d_h, act(plan_.emb_sum), f32(plan_.emb_mean),
-                           f32(plan_.emb_rstd), P(ln0_g_), type_, N, C, none,
+    cu::layernorm_backward(d_sum, nullptr, G(ln0_g_), G(ln0_b_), nullptr, d_h, act(plan_.emb_sum),
+                           f32(plan_.emb_mean), f32(plan_.emb_rstd), P(ln0_g_), type_, N, C, none,
                            site(kernels::kEmbeddingDropoutId, hidden_p), scratch(), stream_);
     cu::embeddings_backward(G(word_), G(position_), G(token_type_), d_sum, type_, i32(plan_.group_token),
                             i32(plan_.group_offset), i32(plan_.group_position),

@@ -159,7 +159,8 @@ DeviceMemoryPlan plan_device_memory(const BertConfig& config, int max_rows, int 
   plan.att_dropped = p.take(plan.fused_attention ? 0 : scores * act);
   plan.att_ds = p.take(plan.attn_ds_bytes);
 
-  // Column reductions: the widest of LayerNorm's 2C, the fused QKV bias's 3C and the biases up to I.
+  // Column reductions: the widest of LayerNorm's 3C (dgamma, dbeta and the dense layer's bias),
+  // the fused QKV bias's 3C and the biases up to I.
   const size_t widest = std::max({3 * C, I, L});
   plan.reduce_scratch = p.take(((N + kColumnReduceChunk - 1) / kColumnReduceChunk) * widest * 4);
   plan.matmul_workspace_bytes = kMatmulWorkspaceBytes;

@@ -62,7 +62,7 @@ void embeddings_backward(float* dword, float* dposition, float* dtoken_type0, co
 
 // ---- kernel variants (defined in kernels/layernorm.cu) -------------------------------------------
 // The packed kernels (16-byte loads, one Philox call per four elements, LayerNorm gamma/beta sums
-// fused into the backward row pass) are the default; the first, scalar kernels stay as the
+// and the preceding dense layer's bias sum fused into the backward row pass) are the default; the first, scalar kernels stay as the
 // fallback for shapes the packed ones do not take (C % 8 for bf16/fp16, C % 4 for fp32, or an
 // unaligned pointer) and as a switch for validation runs (core reads LLMQS_LAYERNORM=scalar and
 // LLMQS_GELU=scalar). Process-wide; set before launching, not while kernels are being enqueued.
@@ -86,11 +86,17 @@ void layernorm_forward(void* out, void* sum, float* mean, float* rstd, const voi
 
 // g = dropout_out^T(dout) (the mask of out_site); dx = LayerNorm backward of g at x
 // (overwrites; may not alias dout); dx_dropped (may be null) = dropout_a^T(dx) for the branch that
-// went through a_site; dgamma += sum_n g * xhat, dbeta += sum_n g. scratch: column_reduce sized
-// for 2 * C columns.
-void layernorm_backward(void* dx, void* dx_dropped, float* dgamma, float* dbeta, const void* dout, const void* x,
-                        const float* mean, const float* rstd, const float* gamma, DType type, int N, int C,
-                        const DropoutSite& a_site, const DropoutSite& out_site, float* scratch, cudaStream_t stream);
+// went through a_site; dgamma += sum_n g * xhat, dbeta += sum_n g.
+// dbias_dropped (fp32 [C], may be null: not computed; needs dx_dropped, else invalid_argument)
+// += sum_n dx_dropped[n, c] over the values as stored (after dropout_a, rounded to `type`): the
+// bias gradient of the dense layer that produced `a`, equal to linear_backward_bias(dbias,
+// dx_dropped) up to the order of the fp32 additions (fixed, so still deterministic), without its
+// second read of N x C; the caller then skips that layer's bias sum.
+// scratch: column_reduce_scratch_floats(N, 3 * C) (2 * C when dbias_dropped is null).
+void layernorm_backward(void* dx, void* dx_dropped, float* dgamma, float* dbeta, float* dbias_dropped,
+                        const void* dout, const void* x, const float* mean, const float* rstd, const float* gamma,
+                        DType type, int N, int C, const DropoutSite& a_site, const DropoutSite& out_site,
+                        float* scratch, cudaStream_t stream);
 
 // ---- activations (kernels/activations.cu; CPU twin kernels/cpu/activations.h) -------------------
 // Exact erf GELU and tanh, fp32 math. out/dinp may alias inputs as on the CPU.

@@ -7,6 +7,8 @@
 //   backward  g = dropout_out^T(dout), xhat = (x - mean) * rstd
 //             dx = rstd * (g gamma - mean_c(g gamma) - xhat mean_c(g gamma xhat))
 //             dx_dropped = dropout_a^T(dx);  dgamma += sum_n g xhat;  dbeta += sum_n g
+//             dbias_dropped += sum_n dx_dropped (the stored, rounded values: the bias gradient of
+//             the dense layer whose output went through dropout_a; CPU twin: matmul's dbias loop)
 // Shapes: a, b, sum, out, dout, dx [N x C] row-major (N tokens), gamma, beta fp32 [C],
 // mean, rstd fp32 [N]. Dropout element index = n * C + c (philox.h's hidden-state sites).
 // Launch: one warp per row, 8 rows per 256-thread block; a row lives in registers
@@ -21,9 +23,16 @@
 //           C % pack == 0 and 16-byte aligned pointers); one Philox call per four elements (the
 //           pack starts at a multiple of 4, so philox.h's word e % 4 is the pack's j-th word);
 //           the backward block owns kColumnReduceChunk rows (8 warps, rows w, w + 8, ...), keeps
-//           per-lane g * xhat and g sums in registers across its rows, adds the 8 warps' sums in
-//           warp order in shared memory and writes partial[block, 2C]; column_reduce's finish
-//           kernel then adds the blocks in order. Fixed order everywhere: deterministic.
+//           per-warp g * xhat and g column sums in shared memory across its rows, adds the 8
+//           warps' sums in warp order and writes partial[block, 2C]; column_reduce's finish
+//           kernel then adds the blocks in order. With dbias_dropped a third per-warp slice sums
+//           the stored dx_dropped values and its partials go to [blocks x C] after the 2C ones
+//           (a second finish). Fixed order everywhere: deterministic.
+// dbias_dropped without the fused slice: column_sum_accumulate over the stored dx_dropped after
+// the kernel (one more read of N x C), in the scalar variant and where the third slice would not
+// fit the device's per-block opt-in or would cost blocks per SM (fused_bias_fits_device: a T4 at
+// C = 768, sm_86/89 at bf16/fp16 C > 512, sm_80 at bf16/fp16 C > 768; sm_90 fuses every C).
+#include <atomic>
 #include <string>
 #include <type_traits>
 
@@ -276,37 +285,49 @@ __device__ __forceinline__ void dropout_pack_bits(const DropoutSite& site, int64
 // the warp's next row is already loaded (software pipelining) when a lane's share of one row of
 // one tensor is at most 48 bytes (bf16/fp16 C <= 768, fp32 C <= 384; wider rows spilled with
 // it). Two blocks per SM, one for fp32 rows over 64 bytes per lane (C > 512).
+// The dbias_dropped slice (kBias) adds a shared-memory add per float4 in the second pass, no
+// registers: bf16/fp16 C = 768 (K = 3) stays at 128 on sm_90 and sm_75 and, unlike the kernel
+// without it (12 bytes spilled on sm_90, nvcc 13.0), spills nothing; fp32 C = 768 145 (was 143).
 template <typename T, int kChunks>
 constexpr bool kBackwardPrefetch = kChunks * 16 <= 48;
 template <typename T, int kChunks>
 constexpr int kBackwardMinBlocks = kChunks * 16 <= 64 ? 2 : 1;
 
 // Shared memory of the backward: per warp, kChunks * kPack floats per lane for g * xhat, then as
-// many for g; lane l's float4 number k (k = i * kPack / 4 + h: pack i, half h) sits at
-// ((k * 32) + l) * 4, so the 8 lanes of a 128-bit access phase hit 8 different 16-byte bank groups.
+// many for g, then (kBias) as many for the stored dx_dropped; lane l's float4 number k
+// (k = i * kPack / 4 + h: pack i, half h) of a slice sits at ((k * 32) + l) * 4, so the 8 lanes of
+// a 128-bit access phase hit 8 different 16-byte bank groups. bf16/fp16 C = 768: 48 KiB with two
+// slices, 72 KiB with three (2 blocks/SM still fit sm_90's 228 KB, not sm_75's 64 KB).
 template <typename T, int kChunks>
 constexpr int kBackwardLaneFloats = kChunks * kPack<T>;
-template <typename T, int kChunks>
-constexpr size_t kBackwardSmemBytes = size_t(kRowsPerBlock) * 2 * 32 * kBackwardLaneFloats<T, kChunks> * sizeof(float);
+template <bool kBias>
+constexpr int kBackwardSlices = kBias ? 3 : 2;
+template <typename T, int kChunks, bool kBias>
+constexpr size_t kBackwardSmemBytes =
+    size_t(kRowsPerBlock) * kBackwardSlices<kBias> * 32 * kBackwardLaneFloats<T, kChunks> * sizeof(float);
 
 // Block: 8 warps over rows [blockIdx.x * kColumnReduceChunk, + kColumnReduceChunk); writes
-// partial[blockIdx.x, 0..C) = sum g * xhat (dgamma) and partial[blockIdx.x, C..2C) = sum g (dbeta).
+// partial[blockIdx.x, 0..C) = sum g * xhat (dgamma) and partial[blockIdx.x, C..2C) = sum g (dbeta);
+// with kBias (dx_dropped not null) also partial[gridDim.x * 2C + blockIdx.x * C + c] = sum of the
+// stored dx_dropped (dbias_dropped).
 // Per row two passes over the registers: (1) g, xhat -> the warp's dgamma/dbeta column sums and
 // the two row sums; (2) after the warp reductions, g and xhat again (from the packed row, the
-// out-dropout mask from keep bits) -> dx, dx_dropped. Each column sum adds the warp's rows in row
-// order, then the 8 warps in warp order: fixed, as before.
-template <typename T, int kChunks>
+// out-dropout mask from keep bits) -> dx, dx_dropped (and its column sums). Each column sum adds
+// the warp's rows in row order, then the 8 warps in warp order: fixed, as before.
+template <typename T, int kChunks, bool kBias>
 __global__ void __launch_bounds__(256, kBackwardMinBlocks<T, kChunks>) layernorm_backward_packed_kernel(
     T* dx, T* dx_dropped, float* partial, const T* dout, const T* x, const float* mean, const float* rstd,
     const float* gamma, int N, int C, DropoutSite a_site, DropoutSite out_site) {
   constexpr int V = kPack<T>, H = V / 4;  // H float4 halves per pack
   constexpr bool kPrefetch = kBackwardPrefetch<T, kChunks>;
   constexpr int kLaneFloats = kBackwardLaneFloats<T, kChunks>;
+  constexpr int kSlices = kBackwardSlices<kBias>;
   static_assert(kLaneFloats <= 32, "one keep bit per element of a lane's row in a uint32_t");
   extern __shared__ float4 backward_smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  float4* const acc_gx = backward_smem + warp * 2 * 8 * kLaneFloats + lane;  // float4 k at [k * 32]
+  float4* const acc_gx = backward_smem + warp * kSlices * 8 * kLaneFloats + lane;  // float4 k at [k * 32]
   float4* const acc_g = acc_gx + 8 * kLaneFloats;
+  float4* const acc_b = acc_g + 8 * kLaneFloats;  // kBias only
   const float a_scale = 1.0f / (1.0f - a_site.p), out_scale = 1.0f / (1.0f - out_site.p);
   const bool drop_out = out_site.p > 0.0f;
   const int packs = C / V;
@@ -314,7 +335,10 @@ __global__ void __launch_bounds__(256, kBackwardMinBlocks<T, kChunks>) layernorm
   const int64_t end = min(static_cast<int64_t>(N), begin + kColumnReduceChunk);
   const float* const gamma_lane = gamma + lane * V;
 #pragma unroll
-  for (int k = 0; k < kChunks * H; ++k) acc_gx[k * 32] = acc_g[k * 32] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  for (int k = 0; k < kChunks * H; ++k) {
+    acc_gx[k * 32] = acc_g[k * 32] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if constexpr (kBias) acc_b[k * 32] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  }
 
   // The row a warp loads next (its words stay zero on lanes past the row's end). Addresses are
   // (row's lane start) + i * 32 packs: one 64-bit add per tensor and row, immediates per chunk.
@@ -396,7 +420,22 @@ __global__ void __launch_bounds__(256, kBackwardMinBlocks<T, kChunks>) layernorm
         store_pack(dx_lane + i * 32 * V, dd);
         if (dx_dropped) {
           dropout_pack(a_site, start + i * 32 * V, dd, a_scale);
-          store_pack(dx_dropped_lane + i * 32 * V, dd);
+          if constexpr (kBias) {
+            // Sum what is stored: the rounded values, as linear_backward_bias would read them.
+            Pack<T> stored;
+#pragma unroll
+            for (int v = 0; v < V; ++v) stored.v[v] = from_float<T>(dd[v]);
+            *reinterpret_cast<Pack<T>*>(dx_dropped_lane + i * 32 * V) = stored;
+#pragma unroll
+            for (int h = 0; h < H; ++h) {
+              float4 b = acc_b[(i * H + h) * 32];
+              b.x += to_float(stored.v[4 * h]), b.y += to_float(stored.v[4 * h + 1]);
+              b.z += to_float(stored.v[4 * h + 2]), b.w += to_float(stored.v[4 * h + 3]);
+              acc_b[(i * H + h) * 32] = b;
+            }
+          } else {
+            store_pack(dx_dropped_lane + i * 32 * V, dd);
+          }
         }
       }
     }
@@ -406,20 +445,24 @@ __global__ void __launch_bounds__(256, kBackwardMinBlocks<T, kChunks>) layernorm
   // q = s % 4 of float4 k = s / 128 of lane l = (s / 4) % 32: column (i * 32 + l) * V + h * 4 + q
   // with k = i * H + h.
   __syncthreads();
+  constexpr int kSlice = 32 * kLaneFloats;  // floats of one slice of one warp
   const float* const sums = reinterpret_cast<const float*>(backward_smem);
   float* const out = partial + static_cast<int64_t>(blockIdx.x) * 2 * C;
-  for (int s = threadIdx.x; s < 32 * kLaneFloats; s += blockDim.x) {
+  float* const out_b = partial + static_cast<int64_t>(gridDim.x) * 2 * C + static_cast<int64_t>(blockIdx.x) * C;
+  for (int s = threadIdx.x; s < kSlice; s += blockDim.x) {
     const int q = s & 3, l = (s >> 2) & 31, k = s >> 7;
     const int pack = (k / H) * 32 + l;
     if (pack >= packs) continue;
     const int c = pack * V + (k % H) * 4 + q;
-    float total_gx = sums[s], total_g = sums[32 * kLaneFloats + s];
+    float total_gx = sums[s], total_g = sums[kSlice + s], total_b = kBias ? sums[2 * kSlice + s] : 0.0f;
     for (int w = 1; w < kRowsPerBlock; ++w) {
-      total_gx += sums[w * 2 * 32 * kLaneFloats + s];
-      total_g += sums[w * 2 * 32 * kLaneFloats + 32 * kLaneFloats + s];
+      total_gx += sums[w * kSlices * kSlice + s];
+      total_g += sums[w * kSlices * kSlice + kSlice + s];
+      if constexpr (kBias) total_b += sums[w * kSlices * kSlice + 2 * kSlice + s];
     }
     out[c] = total_gx;
     out[C + c] = total_g;
+    if constexpr (kBias) out_b[c] = total_b;
   }
 }
 
@@ -438,6 +481,49 @@ void with_chunks(int C, Launch&& launch) {
     if (needed <= 6) return launch(std::integral_constant<int, 6>{});
     return launch(std::integral_constant<int, 8>{});
   }
+}
+
+// Over the 48 KiB default a kernel must opt in to its dynamic shared memory; done per launch
+// (cheap, and right for whichever device is current), with the carveout that holds the most blocks.
+template <typename Kernel>
+void opt_in_shared_memory(Kernel kernel, size_t smem) {
+  if (smem <= 48 * 1024) return;
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
+}
+
+// Whether the backward with the third (dbias) slice runs on the current device, and with as many
+// blocks per SM as the kernel without it: the fused sum saves one read of N x C, a halved occupancy
+// would cost more. Fused where the opt-in allows it (cudaDevAttrMaxSharedMemoryPerBlockOptin:
+// sm_75 64 KiB, sm_80 163, sm_86/89 99, sm_90 227) and the occupancy calculator (registers,
+// shared memory with its per-block reserve) gives no fewer blocks: bf16/fp16 C = 768 (72 KiB
+// instead of 48) fuses on sm_80 and sm_90 at 2 blocks per SM, not on sm_86/89 (1 instead of 2) or
+// sm_75 (over 64 KiB). Decided once per device and instantiation.
+template <typename T, int K>
+bool fused_bias_fits_device() {
+  constexpr int kDevices = 64;
+  static std::atomic<int> decided[kDevices];  // 0 not yet, 1 fused, 2 fallback
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  if (device < kDevices) {
+    if (const int d = decided[device].load(std::memory_order_relaxed)) return d == 1;
+  }
+  const auto fused = layernorm_backward_packed_kernel<T, K, true>;
+  const auto plain = layernorm_backward_packed_kernel<T, K, false>;
+  constexpr size_t kFusedSmem = kBackwardSmemBytes<T, K, true>, kPlainSmem = kBackwardSmemBytes<T, K, false>;
+  int optin = 0;
+  CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  bool fits = kFusedSmem <= static_cast<size_t>(optin);
+  if (fits) {
+    opt_in_shared_memory(fused, kFusedSmem);
+    opt_in_shared_memory(plain, kPlainSmem);
+    int with_bias = 0, without = 0;
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&with_bias, fused, 32 * kRowsPerBlock, kFusedSmem));
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&without, plain, 32 * kRowsPerBlock, kPlainSmem));
+    fits = with_bias > 0 && with_bias >= without;
+  }
+  if (device < kDevices) decided[device].store(fits ? 1 : 2, std::memory_order_relaxed);
+  return fits;
 }
 
 template <typename T>
@@ -481,29 +567,44 @@ void layernorm_forward(void* out, void* sum, float* mean, float* rstd, const voi
   });
 }
 
-void layernorm_backward(void* dx, void* dx_dropped, float* dgamma, float* dbeta, const void* dout, const void* x,
-                        const float* mean, const float* rstd, const float* gamma, DType type, int N, int C,
-                        const DropoutSite& a_site, const DropoutSite& out_site, float* scratch, cudaStream_t stream) {
+void layernorm_backward(void* dx, void* dx_dropped, float* dgamma, float* dbeta, float* dbias_dropped,
+                        const void* dout, const void* x, const float* mean, const float* rstd, const float* gamma,
+                        DType type, int N, int C, const DropoutSite& a_site, const DropoutSite& out_site,
+                        float* scratch, cudaStream_t stream) {
   if (N <= 0) return;
   check_width(C);
+  if (dbias_dropped && !dx_dropped)
+    throw std::invalid_argument("layernorm_backward: dbias_dropped sums dx_dropped, which is null");
   LLMQS_DISPATCH_DTYPE(type, {
     if (packed_fits<scalar_t>(C, {dx, dx_dropped, dout, x, gamma})) {
-      // scratch holds column_reduce_scratch_floats(N, 2C) = one 2C row per kColumnReduceChunk rows.
+      // scratch holds column_reduce_scratch_floats(N, 3C): per kColumnReduceChunk rows one 2C row
+      // (dgamma | dbeta), then [blocks x C] for dbias_dropped when fused.
       const unsigned blocks = ceil_div(N, kColumnReduceChunk);
+      bool bias_fused = false;
       with_chunks<scalar_t>(C, [&](auto chunks) {
         constexpr int K = decltype(chunks)::value;
-        const auto kernel = layernorm_backward_packed_kernel<scalar_t, K>;
-        constexpr size_t smem = kBackwardSmemBytes<scalar_t, K>;
-        // Over the 48 KiB default (bf16/fp16 C > 768, fp32 C > 384): opt in, per launch (cheap,
-        // and right for whichever device is current).
-        if (smem > 48 * 1024)
-          CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-        kernel<<<blocks, 32 * kRowsPerBlock, smem, stream>>>(
-            static_cast<scalar_t*>(dx), static_cast<scalar_t*>(dx_dropped), scratch, static_cast<const scalar_t*>(dout),
-            static_cast<const scalar_t*>(x), mean, rstd, gamma, N, C, a_site, out_site);
+        const auto launch = [&](auto kernel, size_t smem) {
+          opt_in_shared_memory(kernel, smem);
+          kernel<<<blocks, 32 * kRowsPerBlock, smem, stream>>>(
+              static_cast<scalar_t*>(dx), static_cast<scalar_t*>(dx_dropped), scratch,
+              static_cast<const scalar_t*>(dout), static_cast<const scalar_t*>(x), mean, rstd, gamma, N, C, a_site,
+              out_site);
+        };
+        if (dbias_dropped && fused_bias_fits_device<scalar_t, K>()) {
+          launch(layernorm_backward_packed_kernel<scalar_t, K, true>, kBackwardSmemBytes<scalar_t, K, true>);
+          bias_fused = true;
+        } else {
+          // Two slices: at most 64 KiB (C <= 1024), which every supported device (sm_75+) allows.
+          launch(layernorm_backward_packed_kernel<scalar_t, K, false>, kBackwardSmemBytes<scalar_t, K, false>);
+        }
       });
       CUDA_CHECK_LAUNCH("layernorm_backward_packed_kernel");
       column_reduce_finish(scratch, static_cast<int>(blocks), 2 * C, dgamma, C, dbeta, stream);
+      if (bias_fused)
+        column_reduce_finish(scratch + static_cast<size_t>(blocks) * 2 * C, static_cast<int>(blocks), C, dbias_dropped,
+                             C, nullptr, stream);
+      else if (dbias_dropped)
+        column_sum_accumulate(dbias_dropped, dx_dropped, type, N, C, C, scratch, stream);
       break;
     }
     layernorm_backward_kernel<scalar_t><<<ceil_div(N, kRowsPerBlock), 32 * kRowsPerBlock, 0, stream>>>(
@@ -513,6 +614,7 @@ void layernorm_backward(void* dx, void* dx_dropped, float* dgamma, float* dbeta,
     const LayerNormParamGrad<scalar_t> f{static_cast<const scalar_t*>(dout), static_cast<const scalar_t*>(x), mean,
                                          rstd, C, out_site, 1.0f / (1.0f - out_site.p)};
     column_reduce(f, N, 2 * C, dgamma, C, dbeta, scratch, stream);
+    if (dbias_dropped) column_sum_accumulate(dbias_dropped, dx_dropped, type, N, C, C, scratch, stream);
   });
 }
 

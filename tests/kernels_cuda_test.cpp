@@ -17,6 +17,7 @@
 #include <limits>
 #include <memory>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -308,6 +309,10 @@ TEST_P(CudaKernels, EmbeddingsMatchCpuAndSkipThePaddingRow) {
 // ---- layernorm --------------------------------------------------------------------------------
 // Packed kernels take C % 8 == 0 (bf16/fp16) or C % 4 == 0 (fp32); C = 36 runs packed only in fp32,
 // C = 50 always falls back to the scalar kernels. N = 300 spans three 128-row backward blocks.
+// The backward's dbias_dropped is fused into the packed kernel where its third shared-memory slice
+// fits the device without costing blocks per SM (every packed shape here on sm_90; on a T4 the
+// wider ones take the column_sum_accumulate fallback, as does the scalar variant everywhere):
+// each path is checked against the column sums of the dx_dropped the GPU stored.
 TEST_P(CudaKernels, ResidualDropoutLayerNormMatchesCpu) {
   REQUIRE_CUDA();
   const DType type = GetParam();
@@ -357,9 +362,13 @@ TEST_P(CudaKernels, ResidualDropoutLayerNormMatchesCpu) {
       DeviceArray dx(x.size(), type), dx_dropped(x.size(), type), ddout(dout, type), dsum(x, type);
       dx.poison();
       dx_dropped.poison();
-      DeviceArray scratch(cu::column_reduce_scratch_floats(N, 2 * C), DType::kF32);
-      cu::layernorm_backward(dx.ptr(), dx_dropped.ptr(), ddgamma.f32(), ddbeta.f32(), ddout.ptr(), dsum.ptr(), mean.f32(),
-                             rstd.f32(), dg.f32(), type, N, C, a_site, none, scratch.f32(), nullptr);
+      const auto dbias_start = random_vector(C, 9);  // accumulated into, like a gradient buffer
+      DeviceArray ddbias(dbias_start);
+      DeviceArray scratch(cu::column_reduce_scratch_floats(N, 3 * C), DType::kF32);
+      scratch.poison();  // the fused bias partials sit after the 2C ones: all must be written
+      cu::layernorm_backward(dx.ptr(), dx_dropped.ptr(), ddgamma.f32(), ddbeta.f32(), ddbias.f32(), ddout.ptr(),
+                             dsum.ptr(), mean.f32(), rstd.f32(), dg.f32(), type, N, C, a_site, none, scratch.f32(),
+                             nullptr);
       CUDA_CHECK(cudaDeviceSynchronize());
       expect_close(dx.get(), dx_ref, tolerance(type), "layernorm dx " + what);
       const auto dx_dropped_got = dx_dropped.get();
@@ -368,6 +377,13 @@ TEST_P(CudaKernels, ResidualDropoutLayerNormMatchesCpu) {
         ASSERT_EQ(dx_dropped_got[i] == 0.0f, dx_dropped_ref[i] == 0.0f) << "dropout mask differs at " << i << " " << what;
       expect_close(ddgamma.get(), dgamma_ref, tolerance(type), "dgamma " + what);
       expect_close(ddbeta.get(), dbeta_ref, tolerance(type), "dbeta " + what);
+      // dbias_dropped = the column sums of the stored (rounded, dropped) values: what
+      // linear_backward_bias would sum, so only the fp32 addition order differs.
+      std::vector<double> dbias_sum(dbias_start.begin(), dbias_start.end());
+      for (int n = 0; n < N; ++n)
+        for (int c = 0; c < C; ++c) dbias_sum[c] += dx_dropped_got[size_t(n) * C + c];
+      const std::vector<float> dbias_ref(dbias_sum.begin(), dbias_sum.end());
+      expect_close(ddbias.get(), dbias_ref, 1e-5, "dbias_dropped " + what);
     }
   }
 }
@@ -398,8 +414,8 @@ TEST_P(CudaKernels, LayerNormWithOutputDropoutMatchesCpuComposition) {
     dx.poison();
     cu::layernorm_forward(out.ptr(), nullptr, mean.f32(), rstd.f32(), dxin.ptr(), nullptr, dg.f32(), db.f32(), type, N, C,
                           1e-12f, none, out_site, nullptr);
-    cu::layernorm_backward(dx.ptr(), nullptr, dgamma.f32(), dbeta.f32(), ddout.ptr(), dxin.ptr(), mean.f32(), rstd.f32(),
-                           dg.f32(), type, N, C, none, out_site, scratch.f32(), nullptr);
+    cu::layernorm_backward(dx.ptr(), nullptr, dgamma.f32(), dbeta.f32(), nullptr, ddout.ptr(), dxin.ptr(), mean.f32(),
+                           rstd.f32(), dg.f32(), type, N, C, none, out_site, scratch.f32(), nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
     const auto out_got = out.get();
     expect_close(out_got, out_ref, tolerance(type), "layernorm + output dropout" + what);
@@ -408,6 +424,11 @@ TEST_P(CudaKernels, LayerNormWithOutputDropoutMatchesCpuComposition) {
     expect_close(dx.get(), dx_ref, tolerance(type), "dx" + what);
     expect_close(dgamma.get(), dgamma_ref, tolerance(type), "dgamma" + what);
     expect_close(dbeta.get(), dbeta_ref, tolerance(type), "dbeta" + what);
+    // A bias sum over a dx_dropped that is not computed is a caller's mistake, not a silent no-op.
+    EXPECT_THROW(cu::layernorm_backward(dx.ptr(), nullptr, dgamma.f32(), dbeta.f32(), dgamma.f32(), ddout.ptr(),
+                                        dxin.ptr(), mean.f32(), rstd.f32(), dg.f32(), type, N, C, none, out_site,
+                                        scratch.f32(), nullptr),
+                 std::invalid_argument);
   }
 }
 
