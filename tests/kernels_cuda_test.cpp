@@ -261,7 +261,7 @@ TEST_P(CudaKernels, LinearForwardAndBackwardMatchCpu) {
       expect_close(db2.get(), db_ref, tolerance(type), "dbias from the BGRADB epilogue " + what);
     else
       EXPECT_EQ(db2.get(), db0) << what;
-    std::cout << "[ bgradb ] " << cu::dtype_name(type) << " " << what << ": " << (fused ? "fused" : "not offered")
+    std::cout << "[ bgradb ] " << llmqs::kernels::dtype_name(type) << " " << what << ": " << (fused ? "fused" : "not offered")
               << "\n";
   }
 }
