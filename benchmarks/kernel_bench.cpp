@@ -623,6 +623,7 @@ int run(const Options& o) {
   // column_reduce_scratch_floats(N, cols) each (kernels/cuda_kernels.h).
   const size_t scratch_floats = std::max({cu::column_reduce_scratch_floats(N, C), cu::column_reduce_scratch_floats(N, 2 * C),
                                           cu::column_reduce_scratch_floats(N, 3 * C),
+                                          cu::layernorm_backward_scratch_floats(N, C),
                                           cu::column_reduce_scratch_floats(N, I)});
   arena.add(b.reduce_scratch, scratch_floats * 4);
   arena.add(b.lse, size_t(B) * H * S * 4);    // [rows x heads x seq] fp32
@@ -813,17 +814,6 @@ int run(const Options& o) {
       cu::linear_backward_weight(matmul, stream, type, dy, x, dw, N, in, out);
     };
     add(std::move(g));
-    Row f;  // the same product with the bias gradient summed by its epilogue (what the backend runs)
-    f.name = "linear_bwd_weight_bias." + name;
-    f.shape = g.shape + " + dbias";
-    f.call = "linear_backward_weight(..., dbias, dbias_scratch): cuBLASLt BGRADB epilogue + dbias += scratch";
-    f.flops = g.flops;
-    f.note = "not in the step count: compare with linear_bwd_weight + linear_bwd_bias";
-    f.enqueue = [&matmul, &stream, &b, type, dy, x, dw, N, in, out] {
-      if (!cu::linear_backward_weight(matmul, stream, type, dy, x, dw, N, in, out, b.dbias, b.reduce_scratch))
-        cu::linear_backward_bias(b.dbias, dy, type, N, out, b.reduce_scratch, stream);
-    };
-    add(std::move(f));
   };
 
   // ---- the Linear layers, forward: q, k, v as one product (N x C -> 3C), then the output projection ----

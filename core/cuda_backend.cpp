@@ -214,9 +214,6 @@ class CudaBackend final : public Backend {
     variants.packed_gelu = env_value("LLMQS_GELU") != "scalar";
     variants.packed_column_sums = env_value("LLMQS_COLUMN_SUM") != "scalar";
     cu::set_kernel_variants(variants);
-    // LLMQS_BIAS_GRAD=separate: bias gradients by the column-sum pass instead of the weight-gradient
-    // product's BGRADB epilogue (the A/B switch; docs/performance.md).
-    fused_bias_grad_ = env_value("LLMQS_BIAS_GRAD") != "separate";
     if (env_value("LLMQS_UPLOAD") != "pageable") {
       // ints: ids [N], lengths [rows], labels [rows], then group token [N], offset [N + 1] and
       // position [N] (the bounds of group_tokens_by_id's output); offsets in upload / upload_groups.
@@ -494,11 +491,8 @@ class CudaBackend final : public Backend {
   // gradient is skipped when a fused pass already added it (bias_done).
   void linear_grad(const void* dy, const void* x, size_t w, size_t b, void* dx, float beta, int rows, int in, int out,
                    bool bias_done = false) {
-    // The bias gradient rides on the weight-gradient product (cuBLASLt's BGRADB epilogue) when
-    // cuBLASLt offers it for the shape, else a column-sum pass.
-    const bool bias_fused = cu::linear_backward_weight(*matmul_, stream_, type_, dy, x, G(w), rows, in, out,
-                                                       bias_done || !fused_bias_grad_ ? nullptr : G(b), scratch());
-    if (!bias_done && !bias_fused) cu::linear_backward_bias(G(b), dy, type_, rows, out, scratch(), stream_);
+    cu::linear_backward_weight(*matmul_, stream_, type_, dy, x, G(w), rows, in, out);
+    if (!bias_done) cu::linear_backward_bias(G(b), dy, type_, rows, out, scratch(), stream_);
     if (dx) cu::linear_backward_input(*matmul_, stream_, type_, dy, low_weight(w), dx, rows, in, out, beta);
   }
 
@@ -742,7 +736,6 @@ class CudaBackend final : public Backend {
   size_t staging_ints_ = 0;
   cudaEvent_t staging_free_ = nullptr;
   bool staging_recorded_ = false;
-  bool fused_bias_grad_ = true;
 };
 
 }  // namespace

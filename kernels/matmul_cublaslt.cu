@@ -33,11 +33,6 @@ int pointer_alignment(const void* p, int64_t batch_stride_bytes) {
   return alignment;
 }
 
-__global__ void add_into_kernel(float* out, const float* in, int n) {
-  const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < n) out[i] += in[i];
-}
-
 template <typename T>
 __global__ void add_bias_rows_kernel(T* y, const T* bias, int rows, int n, int64_t ldy) {
   const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -113,11 +108,9 @@ MatmulContext::Plan& MatmulContext::plan_for(const Key& key, cublasLtMatmulDesc_
   return cache_.emplace(key, plan).first->second;
 }
 
-bool MatmulContext::gemm(const GemmArgs& args, cudaStream_t stream) {
-  if (args.m <= 0 || args.n <= 0 || args.batch <= 0) return true;
+void MatmulContext::gemm(const GemmArgs& args, cudaStream_t stream) {
+  if (args.m <= 0 || args.n <= 0 || args.batch <= 0) return;
   if (args.bias && args.batch != 1) throw std::invalid_argument("gemm: a bias needs batch == 1 (" + describe(args) + ")");
-  if (args.a_row_sums && (args.batch != 1 || args.bias))
-    throw std::invalid_argument("gemm: row sums need batch == 1 and no bias (" + describe(args) + ")");
   if (args.y_type != args.ab_type && args.y_type != DType::kF32)
     throw std::invalid_argument("gemm: Y must have the input type or fp32 (" + describe(args) + ")");
 
@@ -133,9 +126,7 @@ bool MatmulContext::gemm(const GemmArgs& args, cudaStream_t stream) {
   make_layout(second, args.ab_type, args.trans_a ? cn : ck, args.trans_a ? ck : cn, args.lda, args.batch, args.stride_a);
   make_layout(out, args.y_type, cm, cn, args.ldy, args.batch, args.stride_y);
 
-  enum class Epilogue { kNone, kBias, kRowSums };
-  auto run = [&](Epilogue epilogue_kind) -> bool {
-    const bool with_bias = epilogue_kind == Epilogue::kBias;
+  auto run = [&](bool with_bias) -> bool {
     cublasLtMatmulDesc_t desc = nullptr;
     CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc, compute, CUDA_R_32F));
     struct DescGuard {
@@ -152,25 +143,14 @@ bool MatmulContext::gemm(const GemmArgs& args, cudaStream_t stream) {
                                                   sizeof(args.bias)));
       CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
                                                   sizeof(bias_type)));
-    } else if (epilogue_kind == Epilogue::kRowSums) {
-      // Our A is cuBLASLt's second operand ("B"); its reduction over k has one value per column of
-      // the column-major D, i.e. per row of our Y.
-      const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BGRADB;
-      const cudaDataType_t sums_type = CUDA_R_32F;
-      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
-      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &args.a_row_sums,
-                                                  sizeof(args.a_row_sums)));
-      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &sums_type,
-                                                  sizeof(sums_type)));
     }
     const int es_ab = static_cast<int>(dtype_bytes(args.ab_type)), es_y = static_cast<int>(dtype_bytes(args.y_type));
     int alignment[3] = {pointer_alignment(args.b, args.stride_b * es_ab), pointer_alignment(args.a, args.stride_a * es_ab),
                         pointer_alignment(args.y, args.stride_y * es_y)};
     if (with_bias) alignment[2] = std::min(alignment[2], pointer_alignment(args.bias, 0));
-    if (epilogue_kind == Epilogue::kRowSums) alignment[2] = std::min(alignment[2], pointer_alignment(args.a_row_sums, 0));
     const Key key = {args.trans_a, args.trans_b, args.m, args.n, args.k, static_cast<int>(args.ab_type),
                      static_cast<int>(args.y_type), args.lda, args.ldb, args.ldy, args.stride_a, args.stride_b,
-                     args.stride_y, args.batch, static_cast<int>(epilogue_kind), alignment[0], alignment[1], alignment[2], compute};
+                     args.stride_y, args.batch, with_bias, alignment[0], alignment[1], alignment[2], compute};
     Plan& plan = plan_for(key, desc, first.layout, second.layout, out.layout, alignment);
     if (!plan.found) return false;
     CUBLAS_CHECK(cublasLtMatmul(handle_, desc, &args.alpha, args.b, first.layout, args.a, second.layout, &args.beta,
@@ -179,16 +159,11 @@ bool MatmulContext::gemm(const GemmArgs& args, cudaStream_t stream) {
     return true;
   };
 
-  if (args.bias && run(Epilogue::kBias)) return true;
-  if (args.a_row_sums && run(Epilogue::kRowSums)) return true;
-  if (!run(Epilogue::kNone))
+  if (args.bias && run(true)) return;
+  if (!run(false))
     throw std::runtime_error("cuBLASLt found no algorithm for " + describe(args) +
                              " (check leading dimensions and alignment)");
-  if (args.a_row_sums) {
-    ++row_sum_fallbacks_;
-    return false;
-  }
-  if (!args.bias) return true;
+  if (!args.bias) return;
   ++bias_fallbacks_;
   const int64_t total = static_cast<int64_t>(args.m) * args.n;
   LLMQS_DISPATCH_DTYPE(args.y_type, {
@@ -196,7 +171,6 @@ bool MatmulContext::gemm(const GemmArgs& args, cudaStream_t stream) {
         static_cast<scalar_t*>(args.y), static_cast<const scalar_t*>(args.bias), args.m, args.n, args.ldy);
   });
   CUDA_CHECK_LAUNCH("add_bias_rows_kernel");
-  return true;
 }
 
 void linear_forward(MatmulContext& ctx, cudaStream_t stream, DType type, const void* x, const void* weight,
@@ -235,9 +209,8 @@ void linear_backward_input(MatmulContext& ctx, cudaStream_t stream, DType type, 
   ctx.gemm(g, stream);
 }
 
-bool linear_backward_weight(MatmulContext& ctx, cudaStream_t stream, DType type, const void* dy, const void* x,
-                            float* dweight, int rows, int in_features, int out_features, float* dbias,
-                            float* dbias_scratch) {
+void linear_backward_weight(MatmulContext& ctx, cudaStream_t stream, DType type, const void* dy, const void* x,
+                            float* dweight, int rows, int in_features, int out_features) {
   GemmArgs g;
   g.trans_a = true;
   g.m = out_features;
@@ -252,15 +225,7 @@ bool linear_backward_weight(MatmulContext& ctx, cudaStream_t stream, DType type,
   g.y = dweight;
   g.ldy = in_features;
   g.beta = 1.0f;
-  if (dbias == nullptr || dbias_scratch == nullptr || rows <= 0) {
-    ctx.gemm(g, stream);
-    return false;
-  }
-  g.a_row_sums = dbias_scratch;  // the epilogue overwrites; the gradient accumulates
-  if (!ctx.gemm(g, stream)) return false;
-  add_into_kernel<<<ceil_div(out_features, 256), 256, 0, stream>>>(dbias, dbias_scratch, out_features);
-  CUDA_CHECK_LAUNCH("add_into_kernel");
-  return true;
+  ctx.gemm(g, stream);
 }
 
 }  // namespace llmqs::kernels::cuda

@@ -47,11 +47,6 @@ struct GemmArgs {
   int batch = 1;
   float alpha = 1.0f, beta = 0.0f;
   const void* bias = nullptr;  // [n], y_type, added to every row of Y
-  // When not null: fp32 [m] receives (overwrites) the sums over k of op(A)'s rows, computed by the
-  // product itself (cuBLASLt's BGRADB epilogue in the column-major view): the bias gradient of a
-  // weight-gradient product (A = dy^T). Not combinable with `bias`. gemm() returns false when
-  // cuBLASLt offers no algorithm with that epilogue (the product then ran without it).
-  float* a_row_sums = nullptr;
 };
 
 class MatmulContext {
@@ -62,11 +57,10 @@ class MatmulContext {
   MatmulContext(const MatmulContext&) = delete;
   MatmulContext& operator=(const MatmulContext&) = delete;
 
-  bool gemm(const GemmArgs& args, cudaStream_t stream);
+  void gemm(const GemmArgs& args, cudaStream_t stream);
 
   size_t cached_algorithms() const { return cache_.size(); }
   int bias_fallbacks() const { return bias_fallbacks_; }
-  int row_sum_fallbacks() const { return row_sum_fallbacks_; }
 
  private:
   struct Plan {
@@ -83,7 +77,6 @@ class MatmulContext {
   bool allow_tf32_ = false;
   std::map<Key, Plan> cache_;
   int bias_fallbacks_ = 0;
-  int row_sum_fallbacks_ = 0;
 };
 
 // Convenience forms for torch.nn.Linear (weight [out, in], row-major activations [rows, in]).
@@ -94,11 +87,8 @@ void linear_forward(MatmulContext& ctx, cudaStream_t stream, DType type, const v
 void linear_backward_input(MatmulContext& ctx, cudaStream_t stream, DType type, const void* dy,
                            const void* weight, void* dx, int rows, int in_features, int out_features,
                            float beta);
-// dweight[out, in] (fp32) += dy^T x. With dbias (fp32 [out]) and dbias_scratch (fp32 [out]) given,
-// also dbias += sum over rows of dy, summed by the product's epilogue; returns false when cuBLASLt
-// could not fuse it (then dbias is untouched and the caller sums the columns itself).
-bool linear_backward_weight(MatmulContext& ctx, cudaStream_t stream, DType type, const void* dy,
-                            const void* x, float* dweight, int rows, int in_features, int out_features,
-                            float* dbias = nullptr, float* dbias_scratch = nullptr);
+// dweight[out, in] (fp32) += dy^T x
+void linear_backward_weight(MatmulContext& ctx, cudaStream_t stream, DType type, const void* dy,
+                            const void* x, float* dweight, int rows, int in_features, int out_features);
 
 }  // namespace llmqs::kernels::cuda
