@@ -17,9 +17,10 @@ constexpr size_t kAlignment = 256;
 constexpr size_t kMatmulWorkspaceBytes = size_t(32) << 20;   // what Hopper's cuBLASLt kernels want
 constexpr size_t kOverheadBytes = size_t(768) << 20;         // context + cuBLASLt + NCCL, measured loosely
 
-// Must match kernels::cuda::kColumnReduceChunk, kGradNormBlocks and adamw_decay_mask_words
+// Must match kernels::cuda::kColumnReduceChunk, kLayerNormMaxPartials, kGradNormBlocks and adamw_decay_mask_words
 // (kernels/cuda_kernels.h); duplicated so this file needs no CUDA headers.
 constexpr size_t kColumnReduceChunk = 128;
+constexpr size_t kLayerNormMaxPartials = 1024;  // kernels::cuda::kLayerNormMaxPartials
 constexpr size_t kGradNormBlocks = 1024;
 constexpr size_t adamw_decay_mask_words(size_t num_params) { return (num_params + 31) / 32; }
 
@@ -162,7 +163,9 @@ DeviceMemoryPlan plan_device_memory(const BertConfig& config, int max_rows, int 
   // Column reductions: the widest of LayerNorm's 3C (dgamma, dbeta and the dense layer's bias),
   // the fused QKV bias's 3C and the biases up to I.
   const size_t widest = std::max({3 * C, I, L});
-  plan.reduce_scratch = p.take(((N + kColumnReduceChunk - 1) / kColumnReduceChunk) * widest * 4);
+  // ... and at least kLayerNormMaxPartials rows of them (layernorm_backward_scratch_floats).
+  plan.reduce_scratch =
+      p.take(std::max((N + kColumnReduceChunk - 1) / kColumnReduceChunk, kLayerNormMaxPartials) * widest * 4);
   plan.matmul_workspace_bytes = kMatmulWorkspaceBytes;
   plan.matmul_workspace = p.take(kMatmulWorkspaceBytes);
 

@@ -92,7 +92,11 @@ void layernorm_forward(void* out, void* sum, float* mean, float* rstd, const voi
 // bias gradient of the dense layer that produced `a`, equal to linear_backward_bias(dbias,
 // dx_dropped) up to the order of the fp32 additions (fixed, so still deterministic), without its
 // second read of N x C; the caller then skips that layer's bias sum.
-// scratch: column_reduce_scratch_floats(N, 3 * C) (2 * C when dbias_dropped is null).
+// scratch: layernorm_backward_scratch_floats(N, C): the packed kernel's blocks take fewer than
+// kColumnReduceChunk rows each when N is small (so a short batch fills the GPU), up to
+// kLayerNormMaxPartials blocks of 3C partial sums.
+constexpr int kLayerNormMaxPartials = 1024;
+size_t layernorm_backward_scratch_floats(int64_t N, int C);
 void layernorm_backward(void* dx, void* dx_dropped, float* dgamma, float* dbeta, float* dbias_dropped,
                         const void* dout, const void* x, const float* mean, const float* rstd, const float* gamma,
                         DType type, int N, int C, const DropoutSite& a_site, const DropoutSite& out_site,
