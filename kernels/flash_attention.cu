@@ -222,6 +222,38 @@ __device__ __forceinline__ void acc_to_a(uint32_t a[4], const float lo[4], const
   a[3] = Pack2<T>::pack(hi[2], hi[3]);
 }
 
+// dq_acc (this warp's 16 rows x D) += the 16 x 16 block kk of dS (as the A fragment sa) times rows
+// kk * 16 .. + 15 of the K tile: the last product of both dQ kernels.
+template <typename T, int D>
+__device__ __forceinline__ void accumulate_ds_k(float (&dq_acc)[D / 8][4], const uint32_t (&sa)[4], const T* k_tile,
+                                                int kk, int lane) {
+#pragma unroll
+  for (int dn = 0; dn < D / 16; ++dn) {
+    uint32_t b[4];
+    load_b_cols<D>(b, k_tile, kk * 16, dn * 16, lane);
+    mma16816<T>(dq_acc[2 * dn], sa, b);
+    mma16816<T>(dq_acc[2 * dn + 1], sa, b + 2);
+  }
+}
+
+// Stores scale x dq_acc: rows (queries) first_row + g and + 8 of a head slice at `dq` (row stride
+// ld), those below seq; both dQ kernels end with it.
+template <typename T, int D>
+__device__ __forceinline__ void store_dq_rows(T* dq, int ld, int first_row, int seq, const float (&dq_acc)[D / 8][4],
+                                              float scale, int lane) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int x = 0; x < 2; ++x) {
+    const int i = first_row + g + 8 * x;
+    if (i >= seq) continue;
+    T* out = dq + size_t(i) * ld;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+      *reinterpret_cast<uint32_t*>(out + n * 8 + 2 * t) =
+          Pack2<T>::pack(dq_acc[n][2 * x] * scale, dq_acc[n][2 * x + 1] * scale);
+  }
+}
+
 __device__ __forceinline__ float quad_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
   return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
@@ -723,25 +755,11 @@ __global__ void __launch_bounds__(kThreads) flash_backward_q_kernel(
     for (int kk = 0; kk < kTile / 16; ++kk) {
       uint32_t sa[4];
       acc_to_a<T>(sa, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-      for (int dn = 0; dn < D / 16; ++dn) {
-        uint32_t b[4];
-        load_b_cols<D>(b, k_tile, kk * 16, dn * 16, lane);
-        mma16816<T>(dq_acc[2 * dn], sa, b);
-        mma16816<T>(dq_acc[2 * dn + 1], sa, b + 2);
-      }
+      accumulate_ds_k<T, D>(dq_acc, sa, k_tile, kk, lane);
     }
     __syncthreads();
   }
-#pragma unroll
-  for (int x = 0; x < 2; ++x) {
-    if (qi[x] >= seq) continue;
-    T* out = dq + head_offset + size_t(qi[x]) * ld;
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n)
-      *reinterpret_cast<uint32_t*>(out + n * 8 + 2 * t) =
-          Pack2<T>::pack(dq_acc[n][2 * x] * scale, dq_acc[n][2 * x + 1] * scale);
-  }
+  store_dq_rows<T, D>(dq + head_offset, ld, i0 + warp * 16, seq, dq_acc, scale, lane);
 }
 
 // dQ from the dS^T the dK/dV kernel stored ([rows x heads] blocks of seq_pad x seq_pad, key-major:
@@ -760,7 +778,7 @@ __global__ void __launch_bounds__(kThreads) flash_backward_q_from_ds_kernel(T* d
   __shared__ __align__(128) T smem[2 * kStage];
   const int bh = blockIdx.y, r = bh / heads, h = bh % heads;
   const int i0 = blockIdx.x * kTile;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int len = lengths[r];
   const size_t head_offset = size_t(r) * seq * ld + size_t(h) * D;  // k, dq (row stride ld)
   const T* ds_head = ds_t + size_t(bh) * seq_pad * seq_pad;
@@ -796,26 +814,11 @@ __global__ void __launch_bounds__(kThreads) flash_backward_q_from_ds_kernel(T* d
       uint32_t sa[4];
       ldsm_x4_trans(sa, ds_tile + (kk * 16 + ((lane >> 4) << 3) + (lane & 7)) * kDsStride + warp * 16 +
                             ((lane >> 3) & 1) * 8);
-#pragma unroll
-      for (int dn = 0; dn < D / 16; ++dn) {
-        uint32_t b[4];
-        load_b_cols<D>(b, k_tile, kk * 16, dn * 16, lane);
-        mma16816<T>(dq_acc[2 * dn], sa, b);
-        mma16816<T>(dq_acc[2 * dn + 1], sa, b + 2);
-      }
+      accumulate_ds_k<T, D>(dq_acc, sa, k_tile, kk, lane);
     }
     __syncthreads();  // the next iteration's prefetch overwrites this stage
   }
-#pragma unroll
-  for (int x = 0; x < 2; ++x) {
-    const int i = i0 + warp * 16 + g + 8 * x;
-    if (i >= seq) continue;
-    T* out = dq + head_offset + size_t(i) * ld;
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n)
-      *reinterpret_cast<uint32_t*>(out + n * 8 + 2 * t) =
-          Pack2<T>::pack(dq_acc[n][2 * x] * scale, dq_acc[n][2 * x + 1] * scale);
-  }
+  store_dq_rows<T, D>(dq + head_offset, ld, i0 + warp * 16, seq, dq_acc, scale, lane);
 }
 
 template <typename T, int D>
