@@ -306,7 +306,8 @@ TEST_P(CudaKernels, ResidualDropoutLayerNormMatchesCpu) {
     int N, C;
   };
   for (const bool packed : {true, false})
-  for (const Shape shape : {Shape{67, 16}, Shape{67, 36}, Shape{67, 40}, Shape{67, 50}, Shape{300, 768}, Shape{67, 1000}}) {
+  for (const Shape shape : {Shape{67, 16}, Shape{67, 36}, Shape{67, 40}, Shape{67, 50}, Shape{300, 768}, Shape{67, 1000},
+                            Shape{20000, 64}}) {  // 20000 rows: 128-row backward blocks up to 156 SMs, the rest fewer
     for (const float p : {0.0f, 0.1f}) {
       const VariantScope scope(variants(packed));
       const int N = shape.N, C = shape.C;
@@ -358,8 +359,17 @@ TEST_P(CudaKernels, ResidualDropoutLayerNormMatchesCpu) {
       expect_close(dx.get(), dx_ref, tolerance(type), "layernorm dx " + what);
       const auto dx_dropped_got = dx_dropped.get();
       expect_close(dx_dropped_got, dx_dropped_ref, tolerance(type), "layernorm dx through dropout " + what);
-      for (size_t i = 0; i < x.size(); ++i)  // the same mask, bit for bit (dx itself is never exactly 0 here)
-        ASSERT_EQ(dx_dropped_got[i] == 0.0f, dx_dropped_ref[i] == 0.0f) << "dropout mask differs at " << i << " " << what;
+      // The same mask, bit for bit: a dropped element (0 on the CPU, where dx is never exactly 0) is
+      // exactly 0, a kept one is not, unless it is small enough to round to 0 in fp16 (20000 rows
+      // hold some below 1e-3 of the largest).
+      double dx_dropped_max = 0.0;
+      for (const float v : dx_dropped_ref) dx_dropped_max = std::max(dx_dropped_max, double(std::abs(v)));
+      for (size_t i = 0; i < x.size(); ++i) {
+        if (dx_dropped_ref[i] == 0.0f)
+          ASSERT_EQ(dx_dropped_got[i], 0.0f) << "dropout mask differs at " << i << " " << what;
+        else if (std::abs(dx_dropped_ref[i]) > 1e-3 * dx_dropped_max)
+          ASSERT_NE(dx_dropped_got[i], 0.0f) << "dropout mask differs at " << i << " " << what;
+      }
       expect_close(ddgamma.get(), dgamma_ref, tolerance(type), "dgamma " + what);
       expect_close(ddbeta.get(), dbeta_ref, tolerance(type), "dbeta " + what);
       // dbias_dropped = the column sums of the stored (rounded, dropped) values: what
