@@ -90,14 +90,22 @@ TEST(Philox, MatchesRandom123KnownAnswers) {
   EXPECT_EQ(r.v[3], 0x24126ea1u);
 }
 
-TEST(Philox, DropoutCounterLayoutIsAsDocumented) {
+namespace {
+// A site with every counter field set to a distinct value (the layout tests below check each one).
+DropoutSite layout_site(uint32_t tensor_id) {
   DropoutSite site;
   site.seed = 0x0123456789abcdefull;
   site.step = 77;
   site.rank = 3;
   site.micro_step = 5;
-  site.tensor_id = 17;
+  site.tensor_id = tensor_id;
   site.p = 0.1f;
+  return site;
+}
+}  // namespace
+
+TEST(Philox, DropoutCounterLayoutIsAsDocumented) {
+  const DropoutSite site = layout_site(17);
   const uint64_t element = 4 * 1000 + 2;
   const auto words = llmqs::kernels::philox4x32_10(1000, 17, 77, (3u << 16) | 5u, 0x89abcdefu, 0x01234567u);
   EXPECT_EQ(llmqs::kernels::dropout_uniform(site, element), static_cast<float>(words.v[2] >> 8) / 16777216.0f);
@@ -106,13 +114,7 @@ TEST(Philox, DropoutCounterLayoutIsAsDocumented) {
 // Attention sites: element 8 g + 2 k + h is half h (low first) of word k of the call with c0 = g,
 // kept when that 16-bit value >= round(p * 65536); the kept share matches 1 - p.
 TEST(Philox, AttentionDropoutUsesSixteenBitHalvesEightPerCall) {
-  DropoutSite site;
-  site.seed = 0x0123456789abcdefull;
-  site.step = 77;
-  site.rank = 3;
-  site.micro_step = 5;
-  site.tensor_id = 8;
-  site.p = 0.1f;
+  DropoutSite site = layout_site(8);
   EXPECT_EQ(llmqs::kernels::attention_dropout_threshold(0.1f), 6554u);
   EXPECT_EQ(llmqs::kernels::attention_dropout_threshold(1.0f), 65536u);  // nothing kept
   const auto words = llmqs::kernels::philox4x32_10(1000, 8, 77, (3u << 16) | 5u, 0x89abcdefu, 0x01234567u);
