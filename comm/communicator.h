@@ -21,6 +21,20 @@ class Communicator {
   // In place: data[i] = sum over ranks of data[i]. `data` lives where the backend keeps its
   // gradients (host for mpi, device for nccl).
   virtual void all_reduce_sum(float* data, size_t count) = 0;
+  // Overlapped gradient reduction (the trainer's backward hook, Backend::set_gradient_ready_hook).
+  // start_all_reduce_sum reduces data[0, count) in place as all_reduce_sum does, but may return
+  // before it is done: on a device communicator it runs after all work issued so far on `stream`
+  // (the backend's device_stream()) and alongside work issued there later, and
+  // wait_all_reduces(stream) makes work issued on `stream` afterwards wait for every reduction
+  // started since the last wait. Every rank starts the same ranges in the same order. The defaults
+  // (host memory) reduce at once and have nothing to wait for; overlaps_all_reduce() says whether
+  // starting early can pay.
+  virtual bool overlaps_all_reduce() const { return false; }
+  virtual void start_all_reduce_sum(float* data, size_t count, void* stream) {
+    (void)stream;
+    all_reduce_sum(data, count);
+  }
+  virtual void wait_all_reduces(void* stream) { (void)stream; }
   // In place broadcast of `bytes` bytes of backend memory from `root`.
   virtual void broadcast(void* data, size_t bytes, int root) = 0;
 

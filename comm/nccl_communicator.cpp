@@ -7,8 +7,10 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "kernels/cuda_check.h"
 
@@ -45,6 +47,9 @@ class NcclCommunicator final : public Communicator {
 
   ~NcclCommunicator() override {
     if (comm_ && !aborted_.load()) ncclCommDestroy(comm_);
+    for (cudaEvent_t e : ready_) cudaEventDestroy(e);
+    if (reduced_) cudaEventDestroy(reduced_);
+    if (overlap_stream_) cudaStreamDestroy(overlap_stream_);
   }
 
   // From the watchdog's thread while this rank's main thread may be blocked in a collective:
@@ -63,6 +68,38 @@ class NcclCommunicator final : public Communicator {
     if (size_ == 1 || count == 0) return;
     NCCL_CHECK(ncclAllReduce(data, data, count, ncclFloat32, ncclSum, comm_, stream_));
   }
+  // Overlapped reductions run on their own non-blocking stream at the highest priority (so the
+  // backward's kernels do not starve NCCL's), each after an event recorded on the producer stream.
+  // Opt-in (LLMQS_ALLREDUCE_OVERLAP=1): on 2 H200s over NVLink it measured no faster than one
+  // all-reduce after the backward (docs/scaling.md), so the default stays the single all-reduce.
+  bool overlaps_all_reduce() const override {
+    const char* env = std::getenv("LLMQS_ALLREDUCE_OVERLAP");
+    return size_ > 1 && env != nullptr && std::string(env) == "1";
+  }
+  void start_all_reduce_sum(float* data, size_t count, void* stream) override {
+    if (size_ == 1 || count == 0) return;
+    if (!overlap_stream_) {
+      int lowest = 0, highest = 0;
+      CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&lowest, &highest));
+      CUDA_CHECK(cudaStreamCreateWithPriority(&overlap_stream_, cudaStreamNonBlocking, highest));
+      CUDA_CHECK(cudaEventCreateWithFlags(&reduced_, cudaEventDisableTiming));
+    }
+    if (started_ == ready_.size()) {
+      cudaEvent_t e = nullptr;
+      CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+      ready_.push_back(e);
+    }
+    cudaEvent_t ready = ready_[started_++];
+    CUDA_CHECK(cudaEventRecord(ready, static_cast<cudaStream_t>(stream)));
+    CUDA_CHECK(cudaStreamWaitEvent(overlap_stream_, ready, 0));
+    NCCL_CHECK(ncclAllReduce(data, data, count, ncclFloat32, ncclSum, comm_, overlap_stream_));
+  }
+  void wait_all_reduces(void* stream) override {
+    if (started_ == 0) return;
+    CUDA_CHECK(cudaEventRecord(reduced_, overlap_stream_));
+    CUDA_CHECK(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), reduced_, 0));
+    started_ = 0;
+  }
   void broadcast(void* data, size_t bytes, int root) override {
     if (size_ == 1 || bytes == 0) return;
     NCCL_CHECK(ncclBroadcast(data, data, bytes, ncclUint8, root, comm_, stream_));
@@ -72,6 +109,7 @@ class NcclCommunicator final : public Communicator {
   void broadcast_host(void* data, size_t bytes, int root) override { host_->broadcast_host(data, bytes, root); }
   void barrier() override {
     CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (overlap_stream_) CUDA_CHECK(cudaStreamSynchronize(overlap_stream_));
     host_->barrier();
   }
 
@@ -81,6 +119,10 @@ class NcclCommunicator final : public Communicator {
   int rank_ = 0, size_ = 1, device_ = 0;
   ncclComm_t comm_ = nullptr;
   std::atomic<bool> aborted_{false};
+  cudaStream_t overlap_stream_ = nullptr;  // start_all_reduce_sum's (created at the first call)
+  std::vector<cudaEvent_t> ready_;         // one per started range, reused every step
+  cudaEvent_t reduced_ = nullptr;
+  size_t started_ = 0;
 };
 
 }  // namespace

@@ -8,6 +8,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -73,6 +74,28 @@ class Backend {
   virtual double gradient_sq_norm() = 0;
   // One AdamW update over every parameter (torch.optim.AdamW semantics, decoupled decay).
   virtual void adamw_step(const AdamWHyper& hyper) = 0;
+
+  // Called on the host while forward_backward issues the backward, once per range of
+  // layout().backward_ranges() in that order, as soon as the work that finishes the range's
+  // gradients has been issued (on the CUDA backend it may still be running: device_stream()
+  // orders after it). The trainer starts reducing the range there, overlapped with the rest of
+  // the backward. An empty hook (the default) is never called.
+  using GradientReadyHook = std::function<void(const ParameterLayout::Range& range)>;
+  void set_gradient_ready_hook(GradientReadyHook hook) { gradient_ready_ = std::move(hook); }
+  // The cudaStream_t the backend issues its work on (nullptr: host memory, no stream).
+  virtual void* device_stream() { return nullptr; }
+
+ protected:
+  // Backends call this after issuing the backward of encoder layer l (from the last down to 0)
+  // and after the embeddings' (l = -1).
+  void backward_finished_layer(int l) {
+    if (!gradient_ready_) return;
+    const auto& ranges = layout().backward_ranges();
+    gradient_ready_(ranges[static_cast<size_t>(l < 0 ? ranges.size() - 1 : ranges.size() - 2 - l)]);
+  }
+
+ private:
+  GradientReadyHook gradient_ready_;
 };
 
 }  // namespace llmqs::core

@@ -9,8 +9,10 @@
 // Under mpirun every rank runs the same replica (same seed for the weights) on its own synthetic
 // batches (seed mixed with the rank) and the gradients are summed through the Communicator each
 // step (NCCL for cuda, MPI for cpu), so a step is a real data-parallel step: weak scaling at a
-// fixed per-rank batch. The all-reduce runs after the whole backward (no bucketed overlap yet),
-// so all of its time is exposed; comm_ms_per_step times it on its own, between synchronisations.
+// fixed per-rank batch. The reduction is the trainer's (core/gradient_reduction.h): one all-reduce
+// after the backward, or on NCCL with LLMQS_ALLREDUCE_OVERLAP=1 each layer's gradients while the
+// backward goes on (allreduce_overlap). comm_ms_per_step times one all-reduce of the whole buffer
+// on its own, between synchronisations.
 #pragma once
 #include <chrono>
 #include <cstdint>
@@ -67,7 +69,8 @@ struct BenchResult {
   std::string communicator = "none";  // none (single process, no all-reduce) | mpi | nccl
   double global_tok_per_s = 0;        // padded tokens of every rank per second
   double comm_ms_per_step = 0;        // median gradient all-reduce, timed alone (slowest rank)
-  double exposed_comm_share = 0;      // comm_ms_per_step / ms_per_step (no overlap: all exposed)
+  bool allreduce_overlap = false;     // gradients reduced layer by layer during the backward
+  double exposed_comm_share = 0;      // comm_ms_per_step / ms_per_step: all exposed without overlap, an upper bound with
   int64_t allreduce_bytes = 0;        // the fp32 gradient buffer
   double allreduce_algbw_gbps = -1;   // bytes / time; < 0: world_size 1, nothing reduced (null)
   double allreduce_busbw_gbps = -1;   // algbw x 2(n-1)/n, as nccl-tests

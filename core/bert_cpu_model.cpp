@@ -192,7 +192,7 @@ BatchStats BertCpuModel<T>::forward(const T* params, const data::Batch& batch, c
 }
 
 template <typename T>
-void BertCpuModel<T>::backward(const T* params, T* grads, T loss_weight) {
+void BertCpuModel<T>::backward(const T* params, T* grads, T loss_weight, const std::function<void(int)>& layer_done) {
   const BertConfig& c = config_;
   if (rows_ == 0) throw std::logic_error("BertCpuModel::backward called before forward");
   if (batch_.labels.empty()) throw std::invalid_argument("backward needs a batch with labels");
@@ -257,6 +257,7 @@ void BertCpuModel<T>::backward(const T* params, T* grads, T loss_weight) {
                         true);
     kc::matmul_backward(d_h_.data(), G(base + kValueW), G(base + kValueB), d_v_.data(), h_in, P(base + kValueW), N, H,
                         H, true);
+    if (layer_done) layer_done(l);
   }
 
   kc::dropout_backward(d_h_.data(), d_h_.data(), NH, site(kernels::kEmbeddingDropoutId, c.hidden_dropout_prob));
@@ -264,6 +265,7 @@ void BertCpuModel<T>::backward(const T* params, T* grads, T loss_weight) {
                          emb_mean_.data(), emb_rstd_.data(), P(kEmbLnWeight), N, H);
   kc::embeddings_backward(G(kWord), G(kPosition), G(kTokenType), d_sum_.data(), batch_.input_ids.data(), rows, seq, H,
                           c.pad_token_id);
+  if (layer_done) layer_done(-1);
 }
 
 template class BertCpuModel<float>;

@@ -14,6 +14,7 @@
 // model keeps only activations, sized for the largest batch seen so far.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "core/backend.h"
@@ -39,7 +40,9 @@ class BertCpuModel {
   BatchStats forward(const T* params, const data::Batch& batch, const DropoutKey& dropout);
 
   // Adds d(loss_weight * sum_r CE_r)/d(params) into grads, for the batch of the last forward.
-  void backward(const T* params, T* grads, T loss_weight);
+  // layer_done (may be empty) is called after encoder layer l's gradients are complete, l from the
+  // last layer down to 0, and with l = -1 after the embeddings' (Backend::backward_finished_layer).
+  void backward(const T* params, T* grads, T loss_weight, const std::function<void(int)>& layer_done = {});
 
   // Of the last forward: logits [rows x num_labels], per-row CE [rows], predictions [rows],
   // and the encoder output hidden states [rows x seq_len x hidden] (HF last_hidden_state).

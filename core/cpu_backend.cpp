@@ -45,7 +45,7 @@ class CpuBackend final : public Backend {
     if (batch.labels.size() != static_cast<size_t>(batch.rows))
       throw std::invalid_argument("forward_backward: the batch needs one label per row");
     const BatchStats stats = model_.forward(params_.data(), batch, dropout);
-    model_.backward(params_.data(), grads_.data(), loss_weight);
+    model_.backward(params_.data(), grads_.data(), loss_weight, [this](int l) { backward_finished_layer(l); });
     return stats;
   }
 

@@ -310,6 +310,7 @@ class CudaBackend final : public Backend {
   }
   void get_gradients(float* host) const override { download(host, plan_.grads); }
   void zero_gradients() override { CUDA_CHECK(cudaMemsetAsync(grads(), 0, bytes(), stream_)); }
+  void* device_stream() override { return stream_; }
 
   BatchStats forward_backward(const data::Batch& batch, float loss_weight, const DropoutKey& dropout) override {
     if (batch.labels.size() != static_cast<size_t>(batch.rows))
@@ -681,6 +682,7 @@ class CudaBackend final : public Backend {
       profile_->mark("attention_bwd");
       linear_grad(d_qkv, x, lp.q_w, lp.q_b, d_h, 1.0f, N, C, 3 * C);  // the fused product's three gradients
       profile_->mark("qkv_bwd");
+      backward_finished_layer(l);
     }
     cu::layernorm_backward(d_sum, nullptr, G(ln0_g_), G(ln0_b_), nullptr, d_h, act(plan_.emb_sum),
                            f32(plan_.emb_mean), f32(plan_.emb_rstd), P(ln0_g_), type_, N, C, none,
@@ -689,6 +691,7 @@ class CudaBackend final : public Backend {
                             i32(plan_.group_offset), i32(plan_.group_position),
                             static_cast<int>(groups_.token.size()), B, S, C, scratch(), stream_);
     profile_->mark("embed_bwd");
+    backward_finished_layer(-1);
   }
 
   BatchStats read_stats(const data::Batch& batch, float* logits_host) {

@@ -37,7 +37,9 @@ ParameterLayout ParameterLayout::for_bert(const BertConfig& c) {
   add("bert.embeddings.token_type_embeddings.weight", {c.type_vocab_size, H});
   add("bert.embeddings.LayerNorm.weight", {H});
   add("bert.embeddings.LayerNorm.bias", {H});
+  std::vector<size_t> layer_start;
   for (int l = 0; l < c.num_hidden_layers; ++l) {
+    layer_start.push_back(layout.total_);
     const std::string p = "bert.encoder.layer." + std::to_string(l) + ".";
     // The list stays in HF order, but the offsets put the three weights next to each other, then the
     // three biases: [3H x H] and [3H], which the CUDA backend's fused QKV product reads as one
@@ -67,6 +69,13 @@ ParameterLayout ParameterLayout::for_bert(const BertConfig& c) {
   add("bert.pooler.dense.bias", {H});
   add("classifier.weight", {c.num_labels, H});
   add("classifier.bias", {c.num_labels});
+  // Layer l's parameters fill [layer_start[l], layer_start[l + 1]); the pooler and classifier
+  // follow the last layer, the embeddings precede layer 0.
+  for (int l = c.num_hidden_layers - 1; l >= 0; --l) {
+    const size_t end = l == c.num_hidden_layers - 1 ? layout.total_ : layer_start[l + 1];
+    layout.backward_ranges_.push_back({layer_start[l], end - layer_start[l]});
+  }
+  layout.backward_ranges_.push_back({0, layer_start[0]});
   return layout;
 }
 

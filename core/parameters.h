@@ -37,9 +37,20 @@ class ParameterLayout {
   const ParameterInfo& find(const std::string& name) const;
   bool contains(const std::string& name) const;
 
+  // A contiguous part of the flat buffer, in floats.
+  struct Range {
+    size_t offset = 0, count = 0;
+  };
+  // The buffer in the order a backward pass finishes it, as contiguous ranges that tile it
+  // exactly: the last encoder layer together with the pooler and classifier, then every earlier
+  // layer down to layer 0, then the embeddings (num_hidden_layers + 1 ranges). A data-parallel
+  // step reduces each one as soon as the backward has written it (Backend::set_gradient_ready_hook).
+  const std::vector<Range>& backward_ranges() const { return backward_ranges_; }
+
  private:
   std::vector<ParameterInfo> params_;
   size_t total_ = 0;
+  std::vector<Range> backward_ranges_;
 };
 
 // HF initialisation: normal(0, initializer_range) for Linear and Embedding weights, zero

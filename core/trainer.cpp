@@ -30,6 +30,7 @@
 #include "core/cpu_backend.h"
 #include "core/cuda_backend.h"
 #include "core/device_memory.h"
+#include "core/gradient_reduction.h"
 #include "core/optimizer.h"
 #include "core/output_dir.h"
 #include "core/parameters.h"
@@ -824,8 +825,10 @@ Trainer::StepResult Trainer::train_step(StepBatches& batches) {
   const float loss_weight = scale / static_cast<float>(rows);
 
   backend_->zero_gradients();
+  GradientReduction reduction(*backend_, comm_);
   double sums[2] = {0.0, 0.0};  // loss_sum, real tokens
   for (size_t micro = 0; micro < batches.micro.size(); ++micro) {
+    if (micro + 1 == batches.micro.size()) reduction.arm();  // the backward that finishes the gradients
     DropoutKey key;
     key.seed = config_.seed;
     key.step = static_cast<uint64_t>(state_.global_step);
@@ -840,11 +843,13 @@ Trainer::StepResult Trainer::train_step(StepBatches& batches) {
   arrivals_->arrive(step, 1, *watchdog_);
   stall_for_test_if_asked(comm_.rank(), step);
   watchdog_->enter("the gradient all-reduce", step);
-  comm_.all_reduce_sum(backend_->gradient_buffer(), backend_->layout().total_numel());
+  reduction.finish();
   comm_.all_reduce_sum_host(sums, 2);
+  // The norm reads the reduced gradients: the first wait for the device collectives (started
+  // during the backward when overlapped), so it stays under the watchdog.
+  const double sq_norm = backend_->gradient_sq_norm();
   watchdog_->leave();
 
-  const double sq_norm = backend_->gradient_sq_norm();
   result.loss = sums[0] / static_cast<double>(rows);
   result.tokens = sums[1];
   result.grad_norm = std::sqrt(sq_norm) / static_cast<double>(scale);

@@ -36,8 +36,9 @@ int run_bench(int argc, char** argv) {
       "gradients are all-reduced every step (NCCL for cuda, MPI for cpu): ms_per_step is the\n"
       "slowest rank's, tok_per_s per rank, global_tok_per_s of all ranks; comm_ms_per_step is\n"
       "the all-reduce timed alone (median of --comm-iters), allreduce_busbw_gbps its bus\n"
-      "bandwidth (algbw x 2(N-1)/N, as nccl-tests). The all-reduce is not yet overlapped with\n"
-      "the backward, so exposed_comm_share = comm_ms_per_step / ms_per_step is all of it.";
+      "bandwidth (algbw x 2(N-1)/N, as nccl-tests). The all-reduce runs after the backward\n"
+      "(comm_overlap \"none\": exposed_comm_share is all of it); with LLMQS_ALLREDUCE_OVERLAP=1\n"
+      "on NCCL each layer's gradients are all-reduced while the backward goes on (\"layers\").";
   cl.options.add_options()
       ("backend", po::value<std::string>(&c.backend)->default_value(c.backend), "cuda | cpu")
       ("precision", po::value<std::string>(&c.precision)->default_value(c.precision),

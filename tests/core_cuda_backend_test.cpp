@@ -23,6 +23,7 @@
 #include "core/bench.h"
 #include "core/device_memory.h"
 #include "core/parameters.h"
+#include "kernels/cuda_check.h"
 #include "kernels/cuda_kernels.h"
 
 using namespace llmqs;
@@ -276,6 +277,51 @@ TEST(CudaBackend, Fp16FusedAttentionTrainingStepsTrackTheCpuBackend) {
   ASSERT_TRUE(core::fused_attention_planned(tiny_fused_attention_config(), "fp16"));
   run_parity("fp16", 1e-2, 3e-2, 0.0, tiny_fused_attention_config());
   ::unsetenv("LLMQS_ATTENTION");
+}
+
+// The per-layer gradient all-reduce starts a range on the communicator's stream after an event on
+// device_stream() at the hook: so at the hook, every kernel that writes the range must already be
+// issued. Synchronising the stream there and copying the range must give its final value; the
+// ranges come in backward_ranges() order, as on the CPU backend (bf16 fused attention included).
+TEST(CudaBackend, ReportsEachLayersGradientsOnceTheirKernelsAreIssued) {
+  REQUIRE_CUDA();
+  for (const std::string precision : {"fp32", "bf16"}) {
+    if (precision == "bf16" && kernels::cuda::loaded_code_arch() < 800) continue;
+    const BertConfig c = precision == "bf16" ? tiny_fused_attention_config() : tiny_config();
+    if (precision == "bf16") ::setenv("LLMQS_ATTENTION", "fused", 1);
+    auto gpu = core::make_cuda_backend(c, precision, 4, 16);
+    ::unsetenv("LLMQS_ATTENTION");
+    std::vector<float> params(gpu->layout().total_numel());
+    core::init_bert_parameters(c, gpu->layout(), 3, params.data());
+    gpu->set_parameters(params.data());
+    ASSERT_NE(gpu->device_stream(), nullptr);
+    std::vector<core::ParameterLayout::Range> reported;
+    std::vector<std::vector<float>> at_report;
+    gpu->set_gradient_ready_hook([&](const core::ParameterLayout::Range& r) {
+      reported.push_back(r);
+      CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(gpu->device_stream())));
+      std::vector<float> now(r.count);
+      CUDA_CHECK(cudaMemcpy(now.data(), gpu->gradient_buffer() + r.offset, r.count * sizeof(float),
+                            cudaMemcpyDeviceToHost));
+      at_report.push_back(std::move(now));
+    });
+    core::DropoutKey key;
+    key.seed = 11;
+    gpu->zero_gradients();
+    gpu->forward_backward(make_batch(c, 4, 16, 5), 0.25f, key);
+    gpu->set_gradient_ready_hook({});
+    std::vector<float> final_grads(gpu->layout().total_numel());
+    gpu->get_gradients(final_grads.data());
+    const auto& expected = gpu->layout().backward_ranges();
+    ASSERT_EQ(reported.size(), expected.size()) << precision;
+    for (size_t i = 0; i < expected.size(); ++i) {
+      EXPECT_EQ(reported[i].offset, expected[i].offset) << precision << " range " << i;
+      ASSERT_EQ(reported[i].count, expected[i].count) << precision << " range " << i;
+      const std::vector<float> after(final_grads.begin() + static_cast<std::ptrdiff_t>(expected[i].offset),
+                                     final_grads.begin() + static_cast<std::ptrdiff_t>(expected[i].offset + expected[i].count));
+      EXPECT_EQ(at_report[i], after) << precision << ": range " << i << " changed after it was reported";
+    }
+  }
 }
 
 TEST(CudaBackend, RefusesBatchesBeyondItsArenaAndBadTokens) {

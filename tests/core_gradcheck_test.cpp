@@ -356,6 +356,69 @@ TEST(ParameterLayout, OffsetsTileTheBufferWithEachLayersQkvAdjacent) {
   }
 }
 
+// The backward's order: the last layer with the pooler and classifier, each earlier layer, then the
+// embeddings, as contiguous ranges that tile the buffer once (the per-layer gradient all-reduce).
+TEST(ParameterLayout, BackwardRangesTileTheBufferFromTheLastLayerDown) {
+  for (const BertConfig& c : {BertConfig{}, tiny_config()}) {
+    const ParameterLayout layout = ParameterLayout::for_bert(c);
+    const auto& ranges = layout.backward_ranges();
+    ASSERT_EQ(ranges.size(), static_cast<size_t>(c.num_hidden_layers) + 1);
+    size_t end = layout.total_numel();
+    for (const ParameterLayout::Range& r : ranges) {  // descending and adjacent: an exact tiling
+      ASSERT_GT(r.count, 0u);
+      EXPECT_EQ(r.offset + r.count, end);
+      end = r.offset;
+    }
+    EXPECT_EQ(end, 0u);
+    for (const ParameterInfo& p : layout.parameters()) {  // every tensor inside its owner's range
+      size_t owner = ranges.size() - 1;  // embeddings
+      const std::string layer_prefix = "bert.encoder.layer.";
+      if (p.name.rfind(layer_prefix, 0) == 0)
+        owner = static_cast<size_t>(c.num_hidden_layers - 1 - std::stoi(p.name.substr(layer_prefix.size())));
+      else if (p.name.rfind("bert.pooler.", 0) == 0 || p.name.rfind("classifier.", 0) == 0)
+        owner = 0;
+      const ParameterLayout::Range& r = ranges[owner];
+      EXPECT_GE(p.offset, r.offset) << p.name;
+      EXPECT_LE(p.offset + p.numel, r.offset + r.count) << p.name;
+    }
+  }
+}
+
+// The hook reports each range once, in backward_ranges() order, and only when the backward has
+// finished it: what the range holds at that moment is what it holds after forward_backward.
+TEST(CpuBackend, ReportsEachLayersGradientsWhenTheyAreFinal) {
+  BertConfig c = tiny_config();
+  auto backend = llmqs::core::make_cpu_backend(c);
+  const auto p = tiny_parameters(c, 5);
+  backend->set_parameters(p.data());
+  std::vector<ParameterLayout::Range> reported;
+  std::vector<std::vector<float>> at_report;
+  backend->set_gradient_ready_hook([&](const ParameterLayout::Range& r) {
+    reported.push_back(r);
+    const float* g = backend->gradient_buffer() + r.offset;
+    at_report.emplace_back(g, g + r.count);
+  });
+  DropoutKey key;
+  key.seed = 7;
+  backend->zero_gradients();
+  backend->forward_backward(tiny_batch(), 0.5f, key);
+  const auto& expected = backend->layout().backward_ranges();
+  ASSERT_EQ(reported.size(), expected.size());
+  std::vector<float> final_grads(backend->layout().total_numel());
+  backend->get_gradients(final_grads.data());
+  for (size_t i = 0; i < expected.size(); ++i) {
+    EXPECT_EQ(reported[i].offset, expected[i].offset) << i;
+    ASSERT_EQ(reported[i].count, expected[i].count) << i;
+    const std::vector<float> now(final_grads.begin() + static_cast<std::ptrdiff_t>(expected[i].offset),
+                                 final_grads.begin() + static_cast<std::ptrdiff_t>(expected[i].offset + expected[i].count));
+    EXPECT_EQ(at_report[i], now) << "range " << i << " changed after it was reported";
+    EXPECT_TRUE(std::any_of(now.begin(), now.end(), [](float x) { return x != 0.0f; })) << i;
+  }
+  backend->set_gradient_ready_hook({});  // no calls without a hook
+  backend->forward_backward(tiny_batch(), 0.5f, key);
+  EXPECT_EQ(reported.size(), expected.size());
+}
+
 TEST(ParameterLayout, InitIsHfShapedDeterministicAndSeeded) {
   BertConfig c = tiny_config();
   c.vocab_size = 500;

@@ -1,0 +1,134 @@
+// GradientReduction (core/gradient_reduction.h) against a recording Communicator: where the
+// communicator overlaps, the step's last backward starts one reduction per layer range, in the
+// backward's order, on exactly the gradient buffer, and finish() only waits; otherwise finish()
+// all-reduces the whole buffer once. The NCCL side runs on GPU machines (benchmarks/RESULTS.md).
+#include <gtest/gtest.h>
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "core/cpu_backend.h"
+#include "core/gradient_reduction.h"
+#include "core/parameters.h"
+
+namespace {
+
+using llmqs::core::BertConfig;
+using llmqs::core::DropoutKey;
+using llmqs::core::GradientReduction;
+using llmqs::core::ParameterLayout;
+
+struct Call {
+  std::string what;  // all_reduce | start | wait
+  const float* data = nullptr;
+  size_t count = 0;
+};
+
+class RecordingCommunicator final : public llmqs::comm::Communicator {
+ public:
+  explicit RecordingCommunicator(bool overlaps) : overlaps_(overlaps) {}
+  const char* name() const override { return "recording"; }
+  int rank() const override { return 0; }
+  int world_size() const override { return 2; }
+  int local_rank() const override { return 0; }
+  void all_reduce_sum(float* data, size_t count) override { calls.push_back({"all_reduce", data, count}); }
+  bool overlaps_all_reduce() const override { return overlaps_; }
+  void start_all_reduce_sum(float* data, size_t count, void*) override { calls.push_back({"start", data, count}); }
+  void wait_all_reduces(void*) override { calls.push_back({"wait", nullptr, 0}); }
+  void broadcast(void*, size_t, int) override {}
+  void all_reduce_sum_host(double*, size_t) override {}
+  void all_reduce_sum_host(int64_t*, size_t) override {}
+  void broadcast_host(void*, size_t, int) override {}
+  void barrier() override {}
+  std::vector<Call> calls;
+
+ private:
+  bool overlaps_;
+};
+
+BertConfig tiny_config() {
+  BertConfig c;
+  c.vocab_size = 40;
+  c.hidden_size = 16;
+  c.num_hidden_layers = 3;
+  c.num_attention_heads = 2;
+  c.intermediate_size = 32;
+  c.max_position_embeddings = 16;
+  c.num_labels = 3;
+  return c;
+}
+
+llmqs::data::Batch tiny_batch() {
+  llmqs::data::Batch b;
+  b.rows = 2;
+  b.seq_len = 6;
+  b.lengths = {6, 3};
+  b.labels = {1, 2};
+  b.input_ids = {2, 17, 33, 4, 9, 3,  //
+                 2, 11, 3, 0, 0, 0};
+  return b;
+}
+
+// Two micro-batches, as the trainer runs an accumulated step: arm() before the last one only.
+std::vector<Call> run_step(RecordingCommunicator& comm, llmqs::core::Backend& backend) {
+  GradientReduction reduction(backend, comm);
+  DropoutKey key;
+  backend.zero_gradients();
+  backend.forward_backward(tiny_batch(), 0.25f, key);
+  EXPECT_TRUE(comm.calls.empty()) << "nothing is reduced before the last micro-batch";
+  reduction.arm();
+  backend.forward_backward(tiny_batch(), 0.25f, key);
+  reduction.finish();
+  return comm.calls;
+}
+
+TEST(GradientReduction, OverlappedStartsEveryLayerRangeInBackwardOrderThenWaitsOnce) {
+  const BertConfig c = tiny_config();
+  auto backend = llmqs::core::make_cpu_backend(c);
+  std::vector<float> params(backend->layout().total_numel(), 0.01f);
+  backend->set_parameters(params.data());
+  RecordingCommunicator comm(/*overlaps=*/true);
+  const std::vector<Call> calls = run_step(comm, *backend);
+  const auto& ranges = backend->layout().backward_ranges();
+  ASSERT_EQ(calls.size(), ranges.size() + 1);
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    EXPECT_EQ(calls[i].what, "start") << i;
+    EXPECT_EQ(calls[i].data, backend->gradient_buffer() + ranges[i].offset) << i;
+    EXPECT_EQ(calls[i].count, ranges[i].count) << i;
+  }
+  EXPECT_EQ(calls.back().what, "wait");
+  // The hook is gone after the step: a later backward reports nothing.
+  comm.calls.clear();
+  DropoutKey key;
+  backend->forward_backward(tiny_batch(), 0.25f, key);
+  EXPECT_TRUE(comm.calls.empty());
+}
+
+TEST(GradientReduction, WithoutOverlapOneAllReduceOfTheWholeBufferAfterTheBackward) {
+  const BertConfig c = tiny_config();
+  auto backend = llmqs::core::make_cpu_backend(c);
+  std::vector<float> params(backend->layout().total_numel(), 0.01f);
+  backend->set_parameters(params.data());
+  RecordingCommunicator comm(/*overlaps=*/false);
+  const std::vector<Call> calls = run_step(comm, *backend);
+  ASSERT_EQ(calls.size(), 1u);
+  EXPECT_EQ(calls[0].what, "all_reduce");
+  EXPECT_EQ(calls[0].data, backend->gradient_buffer());
+  EXPECT_EQ(calls[0].count, backend->layout().total_numel());
+}
+
+// A backend that never reports its ranges (e.g. a wrapper that does not forward the hook) must not
+// leave part of the buffer unreduced silently.
+TEST(GradientReduction, ABackwardThatReportsTooLittleIsAnError) {
+  const BertConfig c = tiny_config();
+  auto backend = llmqs::core::make_cpu_backend(c);
+  RecordingCommunicator comm(/*overlaps=*/true);
+  GradientReduction reduction(*backend, comm);
+  reduction.arm();  // no forward_backward: nothing reported
+  EXPECT_THROW(reduction.finish(), std::logic_error);
+}
+
+}  // namespace
