@@ -721,7 +721,10 @@ int run(const Options& o) {
   const bool flash = cu::flash_attention_supported(type, C, H);  // asks the device once, before any timing
   CUDA_CHECK(cudaStreamSynchronize(stream));
 
-  cu::MatmulContext matmul(b.matmul_workspace, kMatmulWorkspaceBytes, false);  // the backend: tf32 only if asked
+  // As the backend makes it: tf32 only if asked, tuned unless LLMQS_MATMUL_TUNING=0.
+  const char* tuning_env = std::getenv("LLMQS_MATMUL_TUNING");
+  cu::MatmulContext matmul(b.matmul_workspace, kMatmulWorkspaceBytes, false,
+                           !(tuning_env != nullptr && std::string(tuning_env) == "0"));
   Timer timer(stream, o.reps, o.warmup, b.l2_flush, flush_bytes, o.gate);
   const std::string gpu = prop.name;
   const std::string sizes = std::to_string(N) + "x" + std::to_string(C);

@@ -139,7 +139,8 @@ double measure_matmul_peak_tflops(int n) {
   }
   double tflops = 0.0;
   {
-    kernels::cuda::MatmulContext matmul(buffers[3], workspace_bytes, false);
+    // The heuristic's algorithm, untuned, as torch.matmul in the PyTorch script's peak measurement.
+    kernels::cuda::MatmulContext matmul(buffers[3], workspace_bytes, false, /*tune=*/false);
     kernels::cuda::GemmArgs g;
     g.trans_b = true;
     g.m = g.n = g.k = n;

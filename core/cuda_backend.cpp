@@ -21,6 +21,8 @@
 //                            bias gradient as a separate column sum after dGELU)
 //   LLMQS_COLUMN_SUM=scalar  bias-gradient column sums one element per thread
 //   LLMQS_UPLOAD=pageable    copy batches from the vectors themselves (no pinned staging)
+//   LLMQS_MATMUL_TUNING=0    cuBLASLt's first algorithm for every product, no timing on first use
+//                            (kernels/matmul_cublaslt.h: tuning never changes the results)
 //   LLMQS_CUDA_PROFILE=1     per-phase GPU times on stderr (PhaseProfile); LLMQS_CUDA_PROFILE_SKIP
 //                            = steps left out at the start (default 1: the warm-up step)
 #include "core/cuda_backend.h"
@@ -224,7 +226,7 @@ class CudaBackend final : public Backend {
     }
     profile_ = std::make_unique<PhaseProfile>(stream_);
     matmul_ = std::make_unique<cu::MatmulContext>(arena_ + plan_.matmul_workspace, plan_.matmul_workspace_bytes,
-                                                  precision_ == "tf32");
+                                                  precision_ == "tf32", env_value("LLMQS_MATMUL_TUNING") != "0");
     auto off = [&](const std::string& name) { return layout_.find(name).offset; };
     word_ = off("bert.embeddings.word_embeddings.weight");
     position_ = off("bert.embeddings.position_embeddings.weight");

@@ -17,16 +17,25 @@
 // while BERT's "gelu" is the exact erf form (HF hidden_act="gelu"); the difference (~1e-3) would
 // break fp32 parity with the CPU reference and with HF. GELU runs in kernels/gelu.cu instead.
 //
-// Algorithm choice: cuBLASLt's heuristic, top-1, cached per (shape, types, strides, pointer
-// alignment); the workspace is a slice of the backend's arena, never allocated here.
+// Algorithm choice, cached per (shape, types, strides, pointer alignment): cuBLASLt's heuristic
+// offers up to 8 algorithms; its first is used unless tuning applies. Tuning (first use of a key,
+// beta = 0, no batch, at least 2^30 multiply-adds, a context made with tune) times each
+// offered algorithm that splits K the same way as the first -- those give bit-identical results
+// (measured on the H200 for every bert-base product: only the split-K count changes the sums), so
+// the choice only changes speed, never the numbers: runs and resumed runs stay bit-identical --
+// in place on the call's own operands (beta = 0: the real call then overwrites Y) and keeps the
+// fastest. Tuning waits for the stream (a host sync per new key) and stops after 2 s in all per
+// context. The workspace is a slice of the backend's arena, never allocated here.
 #pragma once
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "kernels/cuda_dtype.h"
@@ -52,7 +61,8 @@ struct GemmArgs {
 class MatmulContext {
  public:
   // workspace: device memory owned by the caller (the arena); 32 MiB is what Hopper wants.
-  MatmulContext(void* workspace, size_t workspace_bytes, bool allow_tf32);
+  // tune: time the offered algorithms on first use (see above); the backend reads LLMQS_MATMUL_TUNING.
+  MatmulContext(void* workspace, size_t workspace_bytes, bool allow_tf32, bool tune = true);
   ~MatmulContext();
   MatmulContext(const MatmulContext&) = delete;
   MatmulContext& operator=(const MatmulContext&) = delete;
@@ -61,6 +71,8 @@ class MatmulContext {
 
   size_t cached_algorithms() const { return cache_.size(); }
   int bias_fallbacks() const { return bias_fallbacks_; }
+  int tuned_products() const { return tuned_; }       // keys whose algorithm was chosen by timing
+  int tuned_changes() const { return tuned_changes_; }  // ... where that is not the heuristic's first
 
  private:
   struct Plan {
@@ -68,8 +80,14 @@ class MatmulContext {
     cublasLtMatmulAlgo_t algo{};
   };
   using Key = std::vector<int64_t>;
+  // `run` launches the product with a given algorithm (false: cuBLASLt refused it); tuning times it.
+  static constexpr double kTuningBudgetMs = 2000.0;
+  static std::pair<uint32_t, uint32_t> numerics_of(const cublasLtMatmulAlgo_t& algo);
+  int fastest_same_numerics(const cublasLtMatmulHeuristicResult_t* results, int count, cudaStream_t stream,
+                            const std::function<bool(const cublasLtMatmulAlgo_t&)>& run);
   Plan& plan_for(const Key& key, cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t a_layout,
-                 cublasLtMatrixLayout_t b_layout, cublasLtMatrixLayout_t y_layout, const int alignment[3]);
+                 cublasLtMatrixLayout_t b_layout, cublasLtMatrixLayout_t y_layout, const int alignment[3],
+                 bool tunable, cudaStream_t stream, const std::function<bool(const cublasLtMatmulAlgo_t&)>& run);
 
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
@@ -77,6 +95,9 @@ class MatmulContext {
   bool allow_tf32_ = false;
   std::map<Key, Plan> cache_;
   int bias_fallbacks_ = 0;
+  bool tuning_ = true;             // false: the heuristic's first, always
+  double tuning_ms_ = 0.0;         // GPU time spent timing candidates
+  int tuned_ = 0, tuned_changes_ = 0;
 };
 
 // Convenience forms for torch.nn.Linear (weight [out, in], row-major activations [rows, in]).

@@ -13,7 +13,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <iostream>
 #include <limits>
 #include <memory>
 #include <random>
@@ -177,8 +179,9 @@ void expect_close(const std::vector<float>& got, const std::vector<float>& ref, 
 }
 
 struct Workspace {
+  explicit Workspace(bool tune = true) : matmul{memory.ptr(), size_t(32) << 20, false, tune} {}
   DeviceArray memory{size_t(32) << 18, DType::kF32};  // 32 MiB
-  cu::MatmulContext matmul{memory.ptr(), size_t(32) << 20, false};
+  cu::MatmulContext matmul;
 };
 
 DropoutSite make_site(uint32_t tensor_id, float p) {
@@ -249,6 +252,49 @@ TEST_P(CudaKernels, LinearForwardAndBackwardMatchCpu) {
     expect_close(dw.get(), dw_ref, tolerance(type), "dweight (accumulated) " + what);
     expect_close(db.get(), db_ref, tolerance(type), "dbias (accumulated) " + what);
   }
+}
+
+// MatmulContext tunes a product by timing only algorithms that split K as the heuristic's first
+// does, on the claim that those give the same bits (matmul_cublaslt.h): the bert-base products at
+// 4096 rows, each with a fresh context, tuned and untuned, must agree bitwise.
+TEST_P(CudaKernels, MatmulTuningKeepsTheBits) {
+  REQUIRE_CUDA();
+  const DType type = GetParam();
+  if (type == DType::kF32) GTEST_SKIP() << "the half-precision products are the ones the trainer tunes";
+  const int n = 4096;
+  struct Shape {
+    int in, out;
+  };
+  uint32_t seed = 70;
+  int tuned = 0, changed = 0;
+  for (const Shape s : {Shape{768, 2304}, Shape{768, 768}, Shape{768, 3072}, Shape{3072, 768}}) {
+    const std::string what = "in=" + std::to_string(s.in) + " out=" + std::to_string(s.out);
+    const auto x = rounded(random_vector(size_t(n) * s.in, ++seed), type);
+    const auto w = rounded(random_vector(size_t(s.out) * s.in, ++seed, 0.1f), type);
+    const auto b = rounded(random_vector(s.out, ++seed), type);
+    const auto dy = rounded(random_vector(size_t(n) * s.out, ++seed), type);
+    DeviceArray dx_(x, type), dw_(w, type), db_(b, type), ddy(dy, type);
+    std::vector<float> results[2][2];  // [tuning off, on][forward, dx]
+    for (const bool tuning : {false, true}) {
+      Workspace ws(tuning);  // a fresh context: nothing cached
+      DeviceArray y(size_t(n) * s.out, type), dx(size_t(n) * s.in, type);
+      cu::linear_forward(ws.matmul, nullptr, type, dx_.ptr(), dw_.ptr(), db_.ptr(), y.ptr(), n, s.in, s.out);
+      cu::linear_backward_input(ws.matmul, nullptr, type, ddy.ptr(), dw_.ptr(), dx.ptr(), n, s.in, s.out, 0.0f);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      results[tuning][0] = y.get();
+      results[tuning][1] = dx.get();
+      if (tuning) {
+        tuned += ws.matmul.tuned_products();
+        changed += ws.matmul.tuned_changes();
+      } else {
+        EXPECT_EQ(ws.matmul.tuned_products(), 0) << what;
+      }
+    }
+    EXPECT_EQ(results[1][0], results[0][0]) << "forward " << what;
+    EXPECT_EQ(results[1][1], results[0][1]) << "dx " << what;
+  }
+  std::cout << "[ matmul tuning ] " << tuned << " products tuned, " << changed
+            << " on another algorithm than the heuristic's first, same bits\n";
 }
 
 // ---- embeddings -------------------------------------------------------------------------------
