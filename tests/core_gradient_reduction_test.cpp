@@ -72,6 +72,14 @@ llmqs::data::Batch tiny_batch() {
   return b;
 }
 
+// A CPU backend on the tiny config with every parameter at 0.01.
+std::unique_ptr<llmqs::core::Backend> tiny_backend() {
+  auto backend = llmqs::core::make_cpu_backend(tiny_config());
+  std::vector<float> params(backend->layout().total_numel(), 0.01f);
+  backend->set_parameters(params.data());
+  return backend;
+}
+
 // Two micro-batches, as the trainer runs an accumulated step: arm() before the last one only.
 std::vector<Call> run_step(RecordingCommunicator& comm, llmqs::core::Backend& backend) {
   GradientReduction reduction(backend, comm);
@@ -86,10 +94,7 @@ std::vector<Call> run_step(RecordingCommunicator& comm, llmqs::core::Backend& ba
 }
 
 TEST(GradientReduction, OverlappedStartsEveryLayerRangeInBackwardOrderThenWaitsOnce) {
-  const BertConfig c = tiny_config();
-  auto backend = llmqs::core::make_cpu_backend(c);
-  std::vector<float> params(backend->layout().total_numel(), 0.01f);
-  backend->set_parameters(params.data());
+  auto backend = tiny_backend();
   RecordingCommunicator comm(/*overlaps=*/true);
   const std::vector<Call> calls = run_step(comm, *backend);
   const auto& ranges = backend->layout().backward_ranges();
@@ -108,10 +113,7 @@ TEST(GradientReduction, OverlappedStartsEveryLayerRangeInBackwardOrderThenWaitsO
 }
 
 TEST(GradientReduction, WithoutOverlapOneAllReduceOfTheWholeBufferAfterTheBackward) {
-  const BertConfig c = tiny_config();
-  auto backend = llmqs::core::make_cpu_backend(c);
-  std::vector<float> params(backend->layout().total_numel(), 0.01f);
-  backend->set_parameters(params.data());
+  auto backend = tiny_backend();
   RecordingCommunicator comm(/*overlaps=*/false);
   const std::vector<Call> calls = run_step(comm, *backend);
   ASSERT_EQ(calls.size(), 1u);
@@ -123,8 +125,7 @@ TEST(GradientReduction, WithoutOverlapOneAllReduceOfTheWholeBufferAfterTheBackwa
 // A backend that never reports its ranges (e.g. a wrapper that does not forward the hook) must not
 // leave part of the buffer unreduced silently.
 TEST(GradientReduction, ABackwardThatReportsTooLittleIsAnError) {
-  const BertConfig c = tiny_config();
-  auto backend = llmqs::core::make_cpu_backend(c);
+  auto backend = tiny_backend();
   RecordingCommunicator comm(/*overlaps=*/true);
   GradientReduction reduction(*backend, comm);
   reduction.arm();  // no forward_backward: nothing reported
