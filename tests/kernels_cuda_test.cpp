@@ -411,10 +411,11 @@ TEST_P(CudaKernels, ResidualDropoutLayerNormMatchesCpu) {
       double dx_dropped_max = 0.0;
       for (const float v : dx_dropped_ref) dx_dropped_max = std::max(dx_dropped_max, double(std::abs(v)));
       for (size_t i = 0; i < x.size(); ++i) {
-        if (dx_dropped_ref[i] == 0.0f)
+        if (dx_dropped_ref[i] == 0.0f) {
           ASSERT_EQ(dx_dropped_got[i], 0.0f) << "dropout mask differs at " << i << " " << what;
-        else if (std::abs(dx_dropped_ref[i]) > 1e-3 * dx_dropped_max)
+        } else if (std::abs(dx_dropped_ref[i]) > 1e-3 * dx_dropped_max) {
           ASSERT_NE(dx_dropped_got[i], 0.0f) << "dropout mask differs at " << i << " " << what;
+        }
       }
       expect_close(ddgamma.get(), dgamma_ref, tolerance(type), "dgamma " + what);
       expect_close(ddbeta.get(), dbeta_ref, tolerance(type), "dbeta " + what);
@@ -895,16 +896,23 @@ TEST(CudaKernelsFp32, AdamWOneLaunchWithDecayMaskIsBitIdenticalToCpuPerTensor) {
   }
 }
 
+// The packed path (16-byte-aligned buffer: float4 packs, the n % 4 tail in block 0) and the scalar
+// path (an unaligned buffer: the same data one element further in) against the CPU.
 TEST(CudaKernelsFp32, SumOfSquaresMatchesCpuAndIsDeterministic) {
   REQUIRE_CUDA();
-  for (const size_t n : {size_t(1), size_t(4097), size_t(3000001)}) {
-    const auto g = random_vector(n, 70 + uint32_t(n % 1000));
+  for (const size_t n : {size_t(1), size_t(3), size_t(4097), size_t(3000001), size_t(3000003)}) {
+    auto g = random_vector(n + 1, 70 + uint32_t(n % 1000));
     DeviceArray dg(g), partial(cu::kGradNormBlocks * 2, DType::kF32);
-    const double ref = kc::sum_of_squares(g.data(), n);
-    const double a = cu::sum_of_squares(dg.f32(), n, reinterpret_cast<double*>(partial.ptr()), nullptr);
-    const double b = cu::sum_of_squares(dg.f32(), n, reinterpret_cast<double*>(partial.ptr()), nullptr);
-    EXPECT_NEAR(a, ref, 1e-10 * ref) << "n=" << n;
-    EXPECT_EQ(a, b) << "two runs differ";
+    const double ref_aligned = kc::sum_of_squares(g.data(), n);
+    const double ref_shifted = kc::sum_of_squares(g.data() + 1, n);
+    for (const bool shifted : {false, true}) {
+      const float* data = dg.f32() + (shifted ? 1 : 0);
+      const double ref = shifted ? ref_shifted : ref_aligned;
+      const double a = cu::sum_of_squares(data, n, reinterpret_cast<double*>(partial.ptr()), nullptr);
+      const double b = cu::sum_of_squares(data, n, reinterpret_cast<double*>(partial.ptr()), nullptr);
+      EXPECT_NEAR(a, ref, 1e-10 * ref) << "n=" << n << (shifted ? " unaligned" : " aligned");
+      EXPECT_EQ(a, b) << "two runs differ, n=" << n;
+    }
   }
 }
 
