@@ -21,14 +21,9 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__global__ void sum_of_squares_kernel(const float* grad, size_t n, double* partial) {
+// The block's 256 thread sums added in a fixed tree into partial[blockIdx.x].
+__device__ __forceinline__ void store_block_sum(double acc, double* partial) {
   __shared__ double sums[kThreads];
-  double acc = 0.0;
-  const size_t stride = static_cast<size_t>(gridDim.x) * kThreads;
-  for (size_t i = static_cast<size_t>(blockIdx.x) * kThreads + threadIdx.x; i < n; i += stride) {
-    const double g = grad[i];
-    acc += g * g;
-  }
   sums[threadIdx.x] = acc;
   __syncthreads();
   for (int half = kThreads / 2; half > 0; half >>= 1) {
@@ -36,6 +31,16 @@ __global__ void sum_of_squares_kernel(const float* grad, size_t n, double* parti
     __syncthreads();
   }
   if (threadIdx.x == 0) partial[blockIdx.x] = sums[0];
+}
+
+__global__ void sum_of_squares_kernel(const float* grad, size_t n, double* partial) {
+  double acc = 0.0;
+  const size_t stride = static_cast<size_t>(gridDim.x) * kThreads;
+  for (size_t i = static_cast<size_t>(blockIdx.x) * kThreads + threadIdx.x; i < n; i += stride) {
+    const double g = grad[i];
+    acc += g * g;
+  }
+  store_block_sum(acc, partial);
 }
 
 __device__ __forceinline__ double pack_sum_of_squares(const float4 v) {
@@ -48,7 +53,6 @@ __device__ __forceinline__ double pack_sum_of_squares(const float4 v) {
 
 __global__ void sum_of_squares_packed_kernel(const float4* grad, size_t packs, const float* tail, int tail_count,
                                              double* partial) {
-  __shared__ double sums[kThreads];
   double acc = 0.0;
   const size_t stride = static_cast<size_t>(gridDim.x) * kThreads;
   size_t i = static_cast<size_t>(blockIdx.x) * kThreads + threadIdx.x;
@@ -60,13 +64,7 @@ __global__ void sum_of_squares_packed_kernel(const float4* grad, size_t packs, c
   if (i < packs) acc += pack_sum_of_squares(grad[i]);
   if (blockIdx.x == 0 && threadIdx.x == 0)
     for (int t = 0; t < tail_count; ++t) acc += double(tail[t]) * double(tail[t]);
-  sums[threadIdx.x] = acc;
-  __syncthreads();
-  for (int half = kThreads / 2; half > 0; half >>= 1) {
-    if (threadIdx.x < half) sums[threadIdx.x] += sums[threadIdx.x + half];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) partial[blockIdx.x] = sums[0];
+  store_block_sum(acc, partial);
 }
 
 }  // namespace
