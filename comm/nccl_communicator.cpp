@@ -43,6 +43,8 @@ class NcclCommunicator final : public Communicator {
     if (rank_ == 0) NCCL_CHECK(ncclGetUniqueId(&id));
     host_->broadcast_host(&id, sizeof(id), 0);
     NCCL_CHECK(ncclCommInitRank(&comm_, size_, id, rank_));
+    const char* overlap = std::getenv("LLMQS_ALLREDUCE_OVERLAP");
+    overlap_ = size_ > 1 && overlap != nullptr && std::string(overlap) == "1";
   }
 
   ~NcclCommunicator() override {
@@ -72,10 +74,8 @@ class NcclCommunicator final : public Communicator {
   // backward's kernels do not starve NCCL's), each after an event recorded on the producer stream.
   // Opt-in (LLMQS_ALLREDUCE_OVERLAP=1): on 2 H200s over NVLink it measured no faster than one
   // all-reduce after the backward (docs/scaling.md), so the default stays the single all-reduce.
-  bool overlaps_all_reduce() const override {
-    const char* env = std::getenv("LLMQS_ALLREDUCE_OVERLAP");
-    return size_ > 1 && env != nullptr && std::string(env) == "1";
-  }
+  // Read once, when the communicator is created.
+  bool overlaps_all_reduce() const override { return overlap_; }
   void start_all_reduce_sum(float* data, size_t count, void* stream) override {
     if (size_ == 1 || count == 0) return;
     if (!overlap_stream_) {
@@ -119,6 +119,7 @@ class NcclCommunicator final : public Communicator {
   int rank_ = 0, size_ = 1, device_ = 0;
   ncclComm_t comm_ = nullptr;
   std::atomic<bool> aborted_{false};
+  bool overlap_ = false;                   // LLMQS_ALLREDUCE_OVERLAP=1 and more than one rank
   cudaStream_t overlap_stream_ = nullptr;  // start_all_reduce_sum's (created at the first call)
   std::vector<cudaEvent_t> ready_;         // one per started range, reused every step
   cudaEvent_t reduced_ = nullptr;

@@ -248,16 +248,14 @@ BenchResult run_training_bench(const BenchConfig& config, std::chrono::steady_cl
   key.rank = static_cast<uint32_t>(rank);
   const size_t gradient_count = backend->layout().total_numel();
   double last_loss = 0.0;
+  // The trainer's reduction (overlapped with the backward where the communicator can), armed each step.
+  std::unique_ptr<GradientReduction> reduction;
+  if (comm) reduction = std::make_unique<GradientReduction>(*backend, *comm);
   auto step = [&](int i) {
     const data::Batch& batch = batches[i % distinct];
     key.step = static_cast<uint64_t>(i);
     backend->zero_gradients();
-    // The trainer's reduction: overlapped with the backward where the communicator can.
-    std::unique_ptr<GradientReduction> reduction;
-    if (comm) {
-      reduction = std::make_unique<GradientReduction>(*backend, *comm);
-      reduction->arm();
-    }
+    if (reduction) reduction->arm();
     // Mean over the rows of every rank, as the trainer weights an equal-size global batch.
     const BatchStats stats = backend->forward_backward(batch, loss_scale / (float(batch.rows) * world), key);
     last_loss = stats.loss_sum / std::max<int64_t>(1, stats.rows);
@@ -313,7 +311,7 @@ BenchResult run_training_bench(const BenchConfig& config, std::chrono::steady_cl
 
   r.world_size = world;
   r.communicator = comm ? comm->name() : "none";
-  r.allreduce_overlap = comm && GradientReduction(*backend, *comm).overlapped();
+  r.allreduce_overlap = reduction && reduction->overlapped();
   r.allreduce_bytes = static_cast<int64_t>(gradient_count * sizeof(float));
   if (comm && world > 1) {
     // Data parallelism is only right if every replica took the same updates.

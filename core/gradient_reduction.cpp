@@ -23,15 +23,15 @@ void GradientReduction::arm() {
 void GradientReduction::finish() {
   backend_.set_gradient_ready_hook({});
   const size_t total = backend_.layout().total_numel();
-  if (armed_ && overlap_) {
-    armed_ = false;
+  const bool overlapped_step = armed_ && overlap_;
+  armed_ = false;
+  if (overlapped_step) {
     if (reported_ != total)
       throw std::logic_error("gradient reduction: the backward reported " + std::to_string(reported_) + " of " +
                              std::to_string(total) + " gradient values");
     comm_.wait_all_reduces(backend_.device_stream());
     return;
   }
-  armed_ = false;
   comm_.all_reduce_sum(backend_.gradient_buffer(), total);
 }
 
