@@ -722,9 +722,7 @@ int run(const Options& o) {
   CUDA_CHECK(cudaStreamSynchronize(stream));
 
   // As the backend makes it: tf32 only if asked, tuned unless LLMQS_MATMUL_TUNING=0.
-  const char* tuning_env = std::getenv("LLMQS_MATMUL_TUNING");
-  cu::MatmulContext matmul(b.matmul_workspace, kMatmulWorkspaceBytes, false,
-                           !(tuning_env != nullptr && std::string(tuning_env) == "0"));
+  cu::MatmulContext matmul(b.matmul_workspace, kMatmulWorkspaceBytes, false, core::matmul_tuning_planned());
   Timer timer(stream, o.reps, o.warmup, b.l2_flush, flush_bytes, o.gate);
   const std::string gpu = prop.name;
   const std::string sizes = std::to_string(N) + "x" + std::to_string(C);

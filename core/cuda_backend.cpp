@@ -226,7 +226,7 @@ class CudaBackend final : public Backend {
     }
     profile_ = std::make_unique<PhaseProfile>(stream_);
     matmul_ = std::make_unique<cu::MatmulContext>(arena_ + plan_.matmul_workspace, plan_.matmul_workspace_bytes,
-                                                  precision_ == "tf32", env_value("LLMQS_MATMUL_TUNING") != "0");
+                                                  precision_ == "tf32", matmul_tuning_planned());
     auto off = [&](const std::string& name) { return layout_.find(name).offset; };
     word_ = off("bert.embeddings.word_embeddings.weight");
     position_ = off("bert.embeddings.position_embeddings.weight");
@@ -744,6 +744,8 @@ class CudaBackend final : public Backend {
 };
 
 }  // namespace
+
+bool matmul_tuning_planned() { return env_value("LLMQS_MATMUL_TUNING") != "0"; }
 
 std::unique_ptr<Backend> make_cuda_backend(const BertConfig& config, const std::string& precision, int max_rows,
                                            int max_seq_len) {

@@ -27,6 +27,9 @@ std::string resolve_cuda_precision(const std::string& precision, int device);
 std::unique_ptr<Backend> make_cuda_backend(const BertConfig& config, const std::string& precision, int max_rows,
                                            int max_seq_len);
 
+// Whether the backend's cuBLASLt products are tuned (kernels/matmul_cublaslt.h): yes unless
+// LLMQS_MATMUL_TUNING=0. Tools that build a MatmulContext "as the backend does" ask here.
+bool matmul_tuning_planned();
 // True when at least one CUDA device is usable; `why` receives the reason when not.
 bool cuda_device_available(std::string* why = nullptr);
 
