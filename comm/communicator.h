@@ -35,6 +35,12 @@ class Communicator {
     all_reduce_sum(data, count);
   }
   virtual void wait_all_reduces(void* stream) { (void)stream; }
+  // ZeRO-1 (core/optimizer_shard.h), in place over data[0, world x count) of backend memory, rank r's
+  // block being data[r x count, (r + 1) x count). reduce_scatter_sum: each rank's block becomes
+  // the sum over ranks of that block (what the other blocks then hold is unspecified).
+  // all_gather: every rank's block is copied into the same block on every other rank.
+  virtual void reduce_scatter_sum(float* data, size_t count) = 0;
+  virtual void all_gather(float* data, size_t count) = 0;
   // In place broadcast of `bytes` bytes of backend memory from `root`.
   virtual void broadcast(void* data, size_t bytes, int root) = 0;
 
@@ -42,6 +48,9 @@ class Communicator {
   virtual void all_reduce_sum_host(double* data, size_t count) = 0;
   virtual void all_reduce_sum_host(int64_t* data, size_t count) = 0;
   virtual void broadcast_host(void* data, size_t bytes, int root) = 0;
+  // In place over data[0, world x count): `root` receives every rank's block (as all_gather, to
+  // one rank); the other ranks' buffers are left as they are.
+  virtual void gather_host(float* data, size_t count, int root) = 0;
   virtual void barrier() = 0;
   // Called by the collective watchdog (core/trainer.h) from its own thread when a collective has
   // hung past the timeout, just before the job ends: makes collectives in flight on this rank

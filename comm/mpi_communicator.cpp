@@ -2,6 +2,8 @@
 #include <mpi.h>
 #include <unistd.h>
 
+#include <cstring>
+
 #include <stdexcept>
 #include <string>
 
@@ -25,6 +27,14 @@ void check_mpi(int rc, const char* call) {
 // MPI counts are int; split large buffers so a 110M-parameter gradient never overflows them.
 constexpr size_t kMaxChunk = size_t(1) << 30;
 
+// The per-rank count of the block collectives (ZeRO-1 shards), which are not split.
+int block_count(size_t count) {
+  if (count > kMaxChunk)
+    throw std::invalid_argument("MPI block collective: " + std::to_string(count) + " floats per rank exceed " +
+                                std::to_string(kMaxChunk));
+  return static_cast<int>(count);
+}
+
 class MpiCommunicator final : public Communicator {
  public:
   MpiCommunicator() {
@@ -47,6 +57,28 @@ class MpiCommunicator final : public Communicator {
       const int n = static_cast<int>(std::min(kMaxChunk, count - done));
       check_mpi(MPI_Allreduce(MPI_IN_PLACE, data + done, n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
     }
+  }
+  void reduce_scatter_sum(float* data, size_t count) override {
+    if (size_ == 1) return;
+    // In place, MPI leaves the sum of block `rank` at the start of the buffer: move it home.
+    check_mpi(MPI_Reduce_scatter_block(MPI_IN_PLACE, data, block_count(count), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD),
+              "MPI_Reduce_scatter_block");
+    if (rank_ != 0) std::memmove(data + count * static_cast<size_t>(rank_), data, count * sizeof(float));
+  }
+  void all_gather(float* data, size_t count) override {
+    if (size_ == 1) return;
+    check_mpi(MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, data, block_count(count), MPI_FLOAT, MPI_COMM_WORLD),
+              "MPI_Allgather");
+  }
+  void gather_host(float* data, size_t count, int root) override {
+    if (size_ == 1) return;
+    const int n = block_count(count);
+    if (rank_ == root)
+      check_mpi(MPI_Gather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, data, n, MPI_FLOAT, root, MPI_COMM_WORLD), "MPI_Gather");
+    else
+      check_mpi(MPI_Gather(data + count * static_cast<size_t>(rank_), n, MPI_FLOAT, nullptr, 0, MPI_DATATYPE_NULL, root,
+                           MPI_COMM_WORLD),
+                "MPI_Gather");
   }
   void broadcast(void* data, size_t bytes, int root) override { broadcast_host(data, bytes, root); }
   void all_reduce_sum_host(double* data, size_t count) override {

@@ -1,4 +1,5 @@
-// NcclCommunicator: ncclAllReduce / ncclBroadcast on device memory, MPI for host buffers.
+// NcclCommunicator: ncclAllReduce / ncclReduceScatter / ncclAllGather / ncclBroadcast on device
+// memory, MPI for host buffers.
 // Every CUDA, NCCL and MPI call is checked; failures name the call, the rank and the host.
 #include "comm/nccl_communicator.h"
 
@@ -100,6 +101,18 @@ class NcclCommunicator final : public Communicator {
     CUDA_CHECK(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), reduced_, 0));
     started_ = 0;
   }
+  // In place as NCCL defines it: the reduce-scatter's output block is the input's block `rank`,
+  // the all-gather's input is the output's block `rank`.
+  void reduce_scatter_sum(float* data, size_t count) override {
+    if (size_ == 1 || count == 0) return;
+    NCCL_CHECK(ncclReduceScatter(data, data + count * static_cast<size_t>(rank_), count, ncclFloat32, ncclSum, comm_,
+                                 stream_));
+  }
+  void all_gather(float* data, size_t count) override {
+    if (size_ == 1 || count == 0) return;
+    NCCL_CHECK(ncclAllGather(data + count * static_cast<size_t>(rank_), data, count, ncclFloat32, comm_, stream_));
+  }
+  void gather_host(float* data, size_t count, int root) override { host_->gather_host(data, count, root); }
   void broadcast(void* data, size_t bytes, int root) override {
     if (size_ == 1 || bytes == 0) return;
     NCCL_CHECK(ncclBroadcast(data, data, bytes, ncclUint8, root, comm_, stream_));

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/model_config.h"
+#include "core/optimizer_shard.h"
 #include "core/parameters.h"
 #include "data/batch.h"
 
@@ -53,9 +54,15 @@ class Backend {
   virtual const BertConfig& config() const = 0;
   virtual const ParameterLayout& layout() const = 0;
 
-  // Flat fp32 buffers in layout order, always host memory on this side.
+  // The elements this backend's optimizer owns (core/optimizer_shard.h): whole unless it was
+  // made for ZeRO-1 (make_*_backend's shard).
+  virtual const OptimizerShard& optimizer_shard() const = 0;
+
+  // Flat fp32 buffers in layout order (numel floats), always host memory on this side.
   virtual void set_parameters(const float* host) = 0;
   virtual void get_parameters(float* host) const = 0;
+  // The moments of the owned elements [shard.begin, shard.owned_end()) only: set reads them from
+  // full numel-float arrays, get writes them there and leaves the other elements untouched.
   virtual void set_optimizer_state(const float* m_host, const float* v_host) = 0;
   virtual void get_optimizer_state(float* m_host, float* v_host) const = 0;
   virtual void get_gradients(float* host) const = 0;
@@ -68,12 +75,20 @@ class Backend {
   // Forward only, dropout off. logits_host (rows x num_labels) may be null.
   virtual BatchStats forward(const data::Batch& batch, float* logits_host) = 0;
 
-  // The buffer the Communicator all-reduces (host for cpu, device for cuda), layout order.
+  // The buffer the Communicator reduces (host for cpu, device for cuda), layout order,
+  // optimizer_shard().padded_numel floats (zero_gradients clears them all).
   virtual float* gradient_buffer() = 0;
-  // sum of squares of the gradient buffer, in double on the host.
+  // sum of squares of the owned elements of the gradient buffer (all of them unless sharded), in
+  // double on the host.
   virtual double gradient_sq_norm() = 0;
-  // One AdamW update over every parameter (torch.optim.AdamW semantics, decoupled decay).
+  // One AdamW update of the owned parameters (every parameter unless sharded; torch.optim.AdamW
+  // semantics, decoupled decay); the other elements of the parameter buffer are left as they are.
   virtual void adamw_step(const AdamWHyper& hyper) = 0;
+  // ZeRO-1: the fp32 parameters (padded_numel floats, where gradient_buffer() lives) that the
+  // communicator all-gathers after adamw_step, and the call that tells the backend it did, so
+  // that it refreshes whatever it derives from them (the CUDA backend's bf16/fp16 copy).
+  virtual float* parameter_buffer() = 0;
+  virtual void parameters_gathered() = 0;
 
   // Called on the host while forward_backward issues the backward, once per range of
   // layout().backward_ranges() in that order, as soon as the work that finishes the range's

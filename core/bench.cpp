@@ -206,6 +206,11 @@ BenchResult run_training_bench(const BenchConfig& config, std::chrono::steady_cl
                            " communicator, got " + comm->name());
   if (c.comm_iters < 1)
     throw std::invalid_argument("comm-iters: must be at least 1, got " + std::to_string(c.comm_iters));
+  const size_t numel = ParameterLayout::for_bert(c.model).total_numel();
+  if (c.zero_stage != 0 && c.zero_stage != 1)
+    throw std::invalid_argument("zero-stage: must be 0 or 1, got " + std::to_string(c.zero_stage));
+  const OptimizerShard shard =
+      comm && c.zero_stage == 1 ? OptimizerShard::of_rank(numel, rank, world) : OptimizerShard::whole(numel);
   std::unique_ptr<Backend> backend;
   if (cuda) {
     std::string why;
@@ -221,16 +226,18 @@ BenchResult run_training_bench(const BenchConfig& config, std::chrono::steady_cl
       if (rank == 0) r.peak_tflops = measure_matmul_peak_tflops();
       if (comm) comm->broadcast_host(&r.peak_tflops, sizeof(r.peak_tflops), 0);
     }
-    backend = make_cuda_backend(c.model, r.dtype, c.batch, c.seq);
-    r.peak_mem_gib = gib(double(plan_device_memory(c.model, c.batch, c.seq, r.dtype).arena_bytes));
+    backend = make_cuda_backend(c.model, r.dtype, c.batch, c.seq, shard);
+    r.peak_mem_gib = gib(double(plan_device_memory(c.model, c.batch, c.seq, r.dtype, true, shard).arena_bytes));
   } else {
     if (c.precision != "auto" && c.precision != "fp32")
       throw std::invalid_argument("precision: the cpu backend computes in fp32 only, got '" + c.precision + "'");
     r.gpu = "cpu";
     r.dtype = "fp32";
     r.peak_tflops = c.peak_tflops;
-    backend = make_cpu_backend(c.model);
+    backend = make_cpu_backend(c.model, shard);
   }
+  r.zero_stage = shard.sharded() ? 1 : 0;
+  r.optimizer_state_gib = gib(2.0 * double(shard.count) * sizeof(float));
   {  // random weights, as HF initialises them
     std::vector<float> params(backend->layout().total_numel());
     init_bert_parameters(c.model, backend->layout(), c.seed, params.data());
@@ -262,11 +269,12 @@ BenchResult run_training_bench(const BenchConfig& config, std::chrono::steady_cl
     if (reduction) reduction->finish();
     // The trainer's step: global norm for clipping at 1.0 (HF's max_grad_norm), then AdamW;
     // a non-finite norm is an fp16 overflow and skips the update, as in the trainer.
-    const double norm = std::sqrt(backend->gradient_sq_norm()) / loss_scale;
+    const double norm = std::sqrt(reduction ? reduction->gradient_sq_norm() : backend->gradient_sq_norm()) / loss_scale;
     if (!std::isfinite(norm)) return;
     hyper.grad_scale = static_cast<float>((1.0 / loss_scale) * std::min(1.0, 1.0 / (norm + 1e-6)));
     hyper.step = i + 1;
     backend->adamw_step(hyper);
+    if (reduction) reduction->share_updated_parameters();
   };
   auto finish = [&] {
     if (cuda) CUDA_CHECK(cudaDeviceSynchronize());
@@ -324,6 +332,16 @@ BenchResult run_training_bench(const BenchConfig& config, std::chrono::steady_cl
     comm->all_reduce_sum_host(&mismatch, 1);
     r.replica_mismatches = mismatch;
 
+    // What a step moves: one all-reduce of the gradients, or (ZeRO-1) their reduce-scatter and
+    // the all-gather of as many parameter floats (timed on the gradient buffer, which holds zeros).
+    const auto step_collectives = [&] {
+      if (shard.sharded()) {
+        comm->reduce_scatter_sum(backend->gradient_buffer(), shard.count);
+        comm->all_gather(backend->gradient_buffer(), shard.count);
+      } else {
+        comm->all_reduce_sum(backend->gradient_buffer(), gradient_count);
+      }
+    };
     std::vector<double> comm_ms;
     cudaEvent_t start = nullptr, stop = nullptr;
     if (cuda) {
@@ -337,7 +355,7 @@ BenchResult run_training_bench(const BenchConfig& config, std::chrono::steady_cl
       double ms = 0.0;
       if (cuda) {
         CUDA_CHECK(cudaEventRecord(start, nullptr));
-        comm->all_reduce_sum(backend->gradient_buffer(), gradient_count);
+        step_collectives();
         CUDA_CHECK(cudaEventRecord(stop, nullptr));
         CUDA_CHECK(cudaEventSynchronize(stop));
         float event_ms = 0.0f;
@@ -345,7 +363,7 @@ BenchResult run_training_bench(const BenchConfig& config, std::chrono::steady_cl
         ms = event_ms;
       } else {
         const Clock::time_point t0 = Clock::now();
-        comm->all_reduce_sum(backend->gradient_buffer(), gradient_count);
+        step_collectives();
         ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
       }
       comm_ms.push_back(slowest_rank(comm, ms));
@@ -418,6 +436,8 @@ std::string bench_result_json(const BenchResult& r) {
   j["exposed_comm_share"] = round_to(r.exposed_comm_share, 6);
   // "layers": each layer's gradients reduced during the backward; "none": after it (all exposed).
   j["comm_overlap"] = r.allreduce_overlap ? "layers" : "none";
+  j["zero_stage"] = r.zero_stage;
+  j["optimizer_state_gib"] = round_to(r.optimizer_state_gib, 3);
   j["allreduce_bytes"] = r.allreduce_bytes;
   auto gbps = [](double x) { return x >= 0 ? nlohmann::ordered_json(round_to(x, 3)) : nlohmann::ordered_json(nullptr); };
   j["allreduce_algbw_gbps"] = gbps(r.allreduce_algbw_gbps);

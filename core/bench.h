@@ -11,8 +11,10 @@
 // step (NCCL for cuda, MPI for cpu), so a step is a real data-parallel step: weak scaling at a
 // fixed per-rank batch. The reduction is the trainer's (core/gradient_reduction.h): one all-reduce
 // after the backward, or on NCCL with LLMQS_ALLREDUCE_OVERLAP=1 each layer's gradients while the
-// backward goes on (allreduce_overlap). comm_ms_per_step times one all-reduce of the whole buffer
-// on its own, between synchronisations.
+// backward goes on (allreduce_overlap); with --zero-stage 1 (ZeRO-1, core/optimizer_shard.h) a
+// reduce-scatter, each rank's AdamW on its shard, and an all-gather of the parameters.
+// comm_ms_per_step times the step's collectives on the whole buffer on their own (one all-reduce,
+// or the reduce-scatter plus the all-gather), between synchronisations.
 #pragma once
 #include <chrono>
 #include <cstdint>
@@ -37,6 +39,7 @@ struct BenchConfig {
   double peak_tflops = 0.0;            // dense bf16 peak for MFU; 0 = measure an 8192^3 product
   uint64_t seed = 1;
   int comm_iters = 20;                 // all-reduces timed on their own after the steps (median)
+  int zero_stage = 0;                  // 1: ZeRO-1 over the ranks (no effect on one process)
 };
 
 // One distinct batch of the run: padded width and the real length of each row.
@@ -70,6 +73,8 @@ struct BenchResult {
   double global_tok_per_s = 0;        // padded tokens of every rank per second
   double comm_ms_per_step = 0;        // median gradient all-reduce, timed alone (slowest rank)
   bool allreduce_overlap = false;     // gradients reduced layer by layer during the backward
+  int zero_stage = 0;                 // 1: AdamW moments sharded over the ranks (ZeRO-1)
+  double optimizer_state_gib = 0;     // this rank's AdamW moments (m and v)
   double exposed_comm_share = 0;      // comm_ms_per_step / ms_per_step: all exposed without overlap, an upper bound with
   int64_t allreduce_bytes = 0;        // the fp32 gradient buffer
   double allreduce_algbw_gbps = -1;   // bytes / time; < 0: world_size 1, nothing reduced (null)

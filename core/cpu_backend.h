@@ -16,6 +16,9 @@ namespace llmqs::core {
 // Parameters start at init_bert_parameters(config, layout, seed 0); callers normally overwrite
 // them with set_parameters (checkpoint, HF import, or their own seeded init).
 std::unique_ptr<Backend> make_cpu_backend(const BertConfig& config);
+// The same with ZeRO-1's optimizer shard (OptimizerShard::of_rank; throws std::invalid_argument
+// when it is for another parameter count).
+std::unique_ptr<Backend> make_cpu_backend(const BertConfig& config, const OptimizerShard& shard);
 
 // Encoder output (HF last_hidden_state, [rows x seq_len x hidden], dropout off) of the model
 // with the given flat parameters: for import checks against HF hidden states.

@@ -179,7 +179,8 @@ struct LayerParams {
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(const BertConfig& config, const std::string& precision, int max_rows, int max_seq_len)
+  CudaBackend(const BertConfig& config, const std::string& precision, int max_rows, int max_seq_len,
+              const OptimizerShard& shard)
       : config_(config), layout_(ParameterLayout::for_bert(config)) {
     config_.validate();
     std::string why;
@@ -191,7 +192,7 @@ class CudaBackend final : public Backend {
       throw std::invalid_argument("max_seq_len " + std::to_string(max_seq_len) + " exceeds max_position_embeddings " +
                                   std::to_string(config_.max_position_embeddings));
     const bool fused_available = cu::flash_attention_supported(type_, config_.hidden_size, config_.num_attention_heads);
-    plan_ = plan_device_memory(config_, max_rows, max_seq_len, precision_, fused_available);
+    plan_ = plan_device_memory(config_, max_rows, max_seq_len, precision_, fused_available, shard);
     if (plan_.fused_attention &&
         plan_.attn_mask_bytes != cu::flash_attention_mask_words(max_rows, max_seq_len, config_.num_attention_heads) * 4)
       throw std::logic_error("device memory plan: the attention dropout mask size disagrees with the kernel's layout");
@@ -201,7 +202,7 @@ class CudaBackend final : public Backend {
       throw std::logic_error("device memory plan: the attention dS buffer size disagrees with the kernel's layout");
     size_t free_bytes = 0, total_bytes = 0;
     CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-    check_device_memory_fits(config_, max_rows, max_seq_len, precision_, free_bytes, fused_available);
+    check_device_memory_fits(config_, max_rows, max_seq_len, precision_, free_bytes, fused_available, plan_.shard);
     CUDA_CHECK(cudaMalloc(&arena_, plan_.arena_bytes));
     CUDA_CHECK(cudaStreamCreate(&stream_));
     if (plan_.fused_attention) {
@@ -264,11 +265,19 @@ class CudaBackend final : public Backend {
     cls_w_ = off("classifier.weight");
     cls_b_ = off("classifier.bias");
 
+    // The padding past the parameters (ZeRO-1's shards, core/optimizer_shard.h) must hold zeros:
+    // it is reduce-scattered, all-gathered and updated like the rest.
+    const size_t padding = plan_.shard.padded_numel - layout_.total_numel();
+    if (padding > 0) {
+      CUDA_CHECK(cudaMemsetAsync(params() + layout_.total_numel(), 0, padding * sizeof(float), stream_));
+      if (type_ != DType::kF32)
+        CUDA_CHECK(cudaMemsetAsync(low_weight(layout_.total_numel()), 0, padding * kernels::dtype_bytes(type_), stream_));
+    }
     std::vector<float> init(layout_.total_numel());
     init_bert_parameters(config_, layout_, 0, init.data());
     set_parameters(init.data());
-    CUDA_CHECK(cudaMemsetAsync(arena_ + plan_.adam_m, 0, bytes(), stream_));
-    CUDA_CHECK(cudaMemsetAsync(arena_ + plan_.adam_v, 0, bytes(), stream_));
+    CUDA_CHECK(cudaMemsetAsync(arena_ + plan_.adam_m, 0, moment_bytes(), stream_));
+    CUDA_CHECK(cudaMemsetAsync(arena_ + plan_.adam_v, 0, moment_bytes(), stream_));
     const std::vector<uint32_t> decay_mask = build_adamw_decay_mask(layout_);  // alive until the sync below
     CUDA_CHECK(cudaMemcpyAsync(u32(plan_.adamw_decay_mask), decay_mask.data(), decay_mask.size() * sizeof(uint32_t),
                                cudaMemcpyHostToDevice, stream_));
@@ -293,6 +302,7 @@ class CudaBackend final : public Backend {
   std::string name() const override { return "cuda"; }
   const BertConfig& config() const override { return config_; }
   const ParameterLayout& layout() const override { return layout_; }
+  const OptimizerShard& optimizer_shard() const override { return plan_.shard; }
 
   void set_parameters(const float* host) override {
     CUDA_CHECK(cudaMemcpyAsync(params(), host, bytes(), cudaMemcpyHostToDevice, stream_));
@@ -301,17 +311,23 @@ class CudaBackend final : public Backend {
     CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
   void get_parameters(float* host) const override { download(host, plan_.params); }
+  // The moments hold the owned elements [shard.begin, shard.owned_end()) from their start.
   void set_optimizer_state(const float* m_host, const float* v_host) override {
-    CUDA_CHECK(cudaMemcpyAsync(arena_ + plan_.adam_m, m_host, bytes(), cudaMemcpyHostToDevice, stream_));
-    CUDA_CHECK(cudaMemcpyAsync(arena_ + plan_.adam_v, v_host, bytes(), cudaMemcpyHostToDevice, stream_));
+    const size_t owned = plan_.shard.owned_numel() * sizeof(float);
+    CUDA_CHECK(cudaMemcpyAsync(arena_ + plan_.adam_m, m_host + plan_.shard.begin, owned, cudaMemcpyHostToDevice, stream_));
+    CUDA_CHECK(cudaMemcpyAsync(arena_ + plan_.adam_v, v_host + plan_.shard.begin, owned, cudaMemcpyHostToDevice, stream_));
     CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
   void get_optimizer_state(float* m_host, float* v_host) const override {
-    download(m_host, plan_.adam_m);
-    download(v_host, plan_.adam_v);
+    const size_t owned = plan_.shard.owned_numel() * sizeof(float);
+    CUDA_CHECK(cudaMemcpyAsync(m_host + plan_.shard.begin, arena_ + plan_.adam_m, owned, cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaMemcpyAsync(v_host + plan_.shard.begin, arena_ + plan_.adam_v, owned, cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
   void get_gradients(float* host) const override { download(host, plan_.grads); }
-  void zero_gradients() override { CUDA_CHECK(cudaMemsetAsync(grads(), 0, bytes(), stream_)); }
+  void zero_gradients() override {
+    CUDA_CHECK(cudaMemsetAsync(grads(), 0, plan_.shard.padded_numel * sizeof(float), stream_));
+  }
   void* device_stream() override { return stream_; }
 
   BatchStats forward_backward(const data::Batch& batch, float loss_weight, const DropoutKey& dropout) override {
@@ -336,7 +352,7 @@ class CudaBackend final : public Backend {
 
   float* gradient_buffer() override { return grads(); }
   double gradient_sq_norm() override {
-    const double sq = cu::sum_of_squares(grads(), layout_.total_numel(),
+    const double sq = cu::sum_of_squares(grads() + plan_.shard.begin, plan_.shard.owned_numel(),
                                          reinterpret_cast<double*>(arena_ + plan_.grad_norm_partial), stream_);
     profile_->mark("grad_norm");
     return sq;
@@ -352,15 +368,29 @@ class CudaBackend final : public Backend {
     s.grad_scale = hyper.grad_scale;
     s.step = hyper.step;
     s.weight_decay = hyper.weight_decay;  // only where the tensor decays: the arena's bitmask says which
-    // One launch over the flat buffers (parameters, gradients, moments and the low copy share the
-    // element offsets of ParameterLayout), instead of one per tensor.
-    cu::adamw_update(params(), grads(), f32(plan_.adam_m), f32(plan_.adam_v), u32(plan_.adamw_decay_mask),
-                     layout_.total_numel(), s, type_ != DType::kF32 ? low_weight(0) : nullptr, type_, stream_);
+    // One launch over the owned part of the flat buffers (parameters, gradients, the decay mask
+    // and the low copy share the element offsets of ParameterLayout; the moments start at the
+    // shard's first element, a multiple of 32: a whole mask word), instead of one per tensor.
+    const size_t first = plan_.shard.begin;
+    cu::adamw_update(params() + first, grads() + first, f32(plan_.adam_m), f32(plan_.adam_v),
+                     u32(plan_.adamw_decay_mask) + first / 32, plan_.shard.owned_numel(), s,
+                     type_ != DType::kF32 ? low_weight(first) : nullptr, type_, stream_);
     profile_->mark("adamw");
+  }
+  float* parameter_buffer() override { return params(); }
+  // After the all-gather wrote the other shards' fp32 parameters: their low copy, converted as
+  // AdamW converts its own (round to nearest), before and after the owned range.
+  void parameters_gathered() override {
+    if (type_ == DType::kF32) return;
+    const size_t first = plan_.shard.begin, end = plan_.shard.owned_end(), numel = layout_.total_numel();
+    cu::convert(low_weight(0), type_, params(), DType::kF32, first, stream_);
+    if (end < numel) cu::convert(low_weight(end), type_, params() + end, DType::kF32, numel - end, stream_);
+    profile_->mark("gather_convert");
   }
 
  private:
   size_t bytes() const { return layout_.total_numel() * sizeof(float); }
+  size_t moment_bytes() const { return plan_.shard.count * sizeof(float); }
   float* f32(size_t offset) const { return reinterpret_cast<float*>(arena_ + offset); }
   int32_t* i32(size_t offset) const { return reinterpret_cast<int32_t*>(arena_ + offset); }
   uint32_t* u32(size_t offset) const { return reinterpret_cast<uint32_t*>(arena_ + offset); }
@@ -748,8 +778,8 @@ class CudaBackend final : public Backend {
 bool matmul_tuning_planned() { return env_value("LLMQS_MATMUL_TUNING") != "0"; }
 
 std::unique_ptr<Backend> make_cuda_backend(const BertConfig& config, const std::string& precision, int max_rows,
-                                           int max_seq_len) {
-  return std::make_unique<CudaBackend>(config, precision, max_rows, max_seq_len);
+                                           int max_seq_len, const OptimizerShard& shard) {
+  return std::make_unique<CudaBackend>(config, precision, max_rows, max_seq_len, shard);
 }
 
 }  // namespace llmqs::core

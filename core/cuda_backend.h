@@ -24,8 +24,10 @@ std::string resolve_cuda_precision(const std::string& precision, int device);
 
 // Throws std::runtime_error "no CUDA device: ..." when none is visible, and the estimate from
 // check_device_memory_fits when the arena would not fit in free memory.
+// shard: ZeRO-1's optimizer shard (OptimizerShard::of_rank; the moments then take 1/world of the
+// memory); the default (numel 0) is the whole model.
 std::unique_ptr<Backend> make_cuda_backend(const BertConfig& config, const std::string& precision, int max_rows,
-                                           int max_seq_len);
+                                           int max_seq_len, const OptimizerShard& shard = {});
 
 // Whether the backend's cuBLASLt products are tuned (kernels/matmul_cublaslt.h): yes unless
 // LLMQS_MATMUL_TUNING=0. Tools that build a MatmulContext "as the backend does" ask here.

@@ -62,7 +62,8 @@ bool attention_ds_planned() {
 }
 
 DeviceMemoryPlan plan_device_memory(const BertConfig& config, int max_rows, int max_seq_len,
-                                    const std::string& precision, bool fused_kernels_available) {
+                                    const std::string& precision, bool fused_kernels_available,
+                                    const OptimizerShard& shard) {
   if (precision != "fp32" && precision != "tf32" && precision != "bf16" && precision != "fp16")
     throw std::invalid_argument("precision: '" + precision + "' is not a resolved CUDA precision (fp32, tf32, bf16, fp16)");
   if (max_rows <= 0 || max_seq_len <= 0)
@@ -74,8 +75,12 @@ DeviceMemoryPlan plan_device_memory(const BertConfig& config, int max_rows, int 
   const size_t act = low ? 2 : 4;
   plan.activation_bytes = act;
   plan.num_params = ParameterLayout::for_bert(config).total_numel();
+  plan.shard = shard.numel == 0 ? OptimizerShard::whole(plan.num_params) : shard;
+  if (plan.shard.numel != plan.num_params)
+    throw std::invalid_argument("device memory plan: the optimizer shard is for " + std::to_string(plan.shard.numel) +
+                                " parameters, the model has " + std::to_string(plan.num_params));
 
-  const size_t P = plan.num_params;
+  const size_t P = plan.shard.padded_numel, moments = plan.shard.count;
   const size_t B = static_cast<size_t>(max_rows), S = static_cast<size_t>(max_seq_len);
   const size_t N = B * S, C = static_cast<size_t>(config.hidden_size);
   const size_t I = static_cast<size_t>(config.intermediate_size), H = static_cast<size_t>(config.num_attention_heads);
@@ -97,8 +102,8 @@ DeviceMemoryPlan plan_device_memory(const BertConfig& config, int max_rows, int 
   Planner p;
   plan.params = p.take(P * 4);
   plan.grads = p.take(P * 4);
-  plan.adam_m = p.take(P * 4);
-  plan.adam_v = p.take(P * 4);
+  plan.adam_m = p.take(moments * 4);
+  plan.adam_v = p.take(moments * 4);
   plan.params_low = low ? p.take(P * 2) : plan.params;
   plan.grad_norm_partial = p.take(kGradNormBlocks * 8);
   plan.adamw_decay_mask = p.take(adamw_decay_mask_words(P) * 4);
@@ -188,13 +193,14 @@ std::vector<uint32_t> build_adamw_decay_mask(const ParameterLayout& layout) {
 }
 
 size_t estimate_device_bytes(const BertConfig& config, int max_rows, int max_seq_len, const std::string& precision,
-                             bool fused_kernels_available) {
-  return plan_device_memory(config, max_rows, max_seq_len, precision, fused_kernels_available).total_bytes();
+                             bool fused_kernels_available, const OptimizerShard& shard) {
+  return plan_device_memory(config, max_rows, max_seq_len, precision, fused_kernels_available, shard).total_bytes();
 }
 
 void check_device_memory_fits(const BertConfig& config, int max_rows, int max_seq_len, const std::string& precision,
-                              size_t free_bytes, bool fused_kernels_available) {
-  const DeviceMemoryPlan plan = plan_device_memory(config, max_rows, max_seq_len, precision, fused_kernels_available);
+                              size_t free_bytes, bool fused_kernels_available, const OptimizerShard& shard) {
+  const DeviceMemoryPlan plan =
+      plan_device_memory(config, max_rows, max_seq_len, precision, fused_kernels_available, shard);
   if (plan.total_bytes() <= free_bytes) return;
   std::string advice = "lower per_device_train_batch_size (or per_device_eval_batch_size) and raise "
                        "gradient_accumulation_steps to keep the global batch, or lower max_length";

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/model_config.h"
+#include "core/optimizer_shard.h"
 #include "core/parameters.h"
 
 namespace llmqs::core {
@@ -33,8 +34,10 @@ struct DeviceMemoryPlan {
   size_t activation_bytes = 4;       // 4 (fp32/tf32) or 2 (bf16/fp16)
   size_t num_params = 0;
   // parameters and optimizer (fp32), the low-precision copy (absent in fp32: == params), and
-  // AdamW's weight-decay bitmask (build_adamw_decay_mask, uploaded once)
+  // AdamW's weight-decay bitmask (build_adamw_decay_mask, uploaded once). params, grads and
+  // params_low hold shard.padded_numel elements, adam_m and adam_v shard.count (ZeRO-1: 1/world).
   size_t params, grads, adam_m, adam_v, params_low, grad_norm_partial, adamw_decay_mask;
+  OptimizerShard shard;
   // batch inputs: ids, lengths, labels, and the word-embedding backward's token groups
   size_t ids, lengths, labels, group_token, group_offset, group_position;
   // embeddings and encoder
@@ -75,8 +78,11 @@ bool fused_attention_planned(const BertConfig& config, const std::string& precis
 // fused_kernels_available: false when the running code lacks the fused kernels for this precision
 // (bf16 in a compute_75-only build, kernels::cuda::flash_attention_supported); the plan then uses
 // the unfused attention and its larger buffers.
+// shard: the optimizer's share (core/optimizer_shard.h); the default (numel 0) is the whole model,
+// no ZeRO; otherwise it must be for this model's parameter count (std::invalid_argument).
 DeviceMemoryPlan plan_device_memory(const BertConfig& config, int max_rows, int max_seq_len,
-                                    const std::string& precision, bool fused_kernels_available = true);
+                                    const std::string& precision, bool fused_kernels_available = true,
+                                    const OptimizerShard& shard = {});
 
 // The contents of the arena's adamw_decay_mask: bit (i % 32) of word i / 32 is set when element i
 // of the flat parameter buffer belongs to a tensor with ParameterInfo::weight_decay (the format
@@ -84,11 +90,11 @@ DeviceMemoryPlan plan_device_memory(const BertConfig& config, int max_rows, int 
 std::vector<uint32_t> build_adamw_decay_mask(const ParameterLayout& layout);
 
 size_t estimate_device_bytes(const BertConfig& config, int max_rows, int max_seq_len, const std::string& precision,
-                             bool fused_kernels_available = true);
+                             bool fused_kernels_available = true, const OptimizerShard& shard = {});
 
 // Throws std::runtime_error when the estimate exceeds free_bytes, with the numbers and what to
 // change (smaller per-device batch, shorter max_length, bf16/fp16).
 void check_device_memory_fits(const BertConfig& config, int max_rows, int max_seq_len, const std::string& precision,
-                              size_t free_bytes, bool fused_kernels_available = true);
+                              size_t free_bytes, bool fused_kernels_available = true, const OptimizerShard& shard = {});
 
 }  // namespace llmqs::core

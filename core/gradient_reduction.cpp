@@ -6,7 +6,16 @@
 namespace llmqs::core {
 
 GradientReduction::GradientReduction(Backend& backend, comm::Communicator& comm)
-    : backend_(backend), comm_(comm), overlap_(comm.world_size() > 1 && comm.overlaps_all_reduce()) {}
+    : backend_(backend),
+      comm_(comm),
+      sharded_(backend.optimizer_shard().sharded()),
+      overlap_(!sharded_ && comm.world_size() > 1 && comm.overlaps_all_reduce()) {
+  const OptimizerShard& shard = backend.optimizer_shard();
+  if (sharded_ && (shard.world != comm.world_size() || shard.rank != comm.rank()))
+    throw std::logic_error("gradient reduction: the backend's optimizer shard is rank " + std::to_string(shard.rank) +
+                           " of " + std::to_string(shard.world) + ", the communicator's rank " +
+                           std::to_string(comm.rank()) + " of " + std::to_string(comm.world_size()));
+}
 
 GradientReduction::~GradientReduction() { backend_.set_gradient_ready_hook({}); }
 
@@ -32,7 +41,23 @@ void GradientReduction::finish() {
     comm_.wait_all_reduces(backend_.device_stream());
     return;
   }
+  if (sharded_) {
+    comm_.reduce_scatter_sum(backend_.gradient_buffer(), backend_.optimizer_shard().count);
+    return;
+  }
   comm_.all_reduce_sum(backend_.gradient_buffer(), total);
+}
+
+double GradientReduction::gradient_sq_norm() {
+  double sq = backend_.gradient_sq_norm();
+  if (sharded_) comm_.all_reduce_sum_host(&sq, 1);
+  return sq;
+}
+
+void GradientReduction::share_updated_parameters() {
+  if (!sharded_) return;
+  comm_.all_gather(backend_.parameter_buffer(), backend_.optimizer_shard().count);
+  backend_.parameters_gathered();
 }
 
 }  // namespace llmqs::core

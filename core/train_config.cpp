@@ -98,6 +98,9 @@ void TrainConfig::validate(bool for_training) const {
   unit_interval("adam_beta2", adam_beta2);
   positive_finite("adam_epsilon", adam_epsilon);
   if (std::isnan(max_grad_norm)) refuse("max_grad_norm", "must be a number (<= 0 turns clipping off)");
+  if (zero_stage != 0 && zero_stage != 1)
+    refuse("zero_stage", "must be 0 (every rank keeps all AdamW moments) or 1 (ZeRO-1: each rank keeps 1/N), got " +
+                             to_text(zero_stage));
   unit_interval("warmup_ratio", warmup_ratio);
   at_least<int64_t>("warmup_steps", warmup_steps, 0);
   try {

@@ -42,6 +42,10 @@ struct TrainConfig {
   float adam_beta2 = 0.999f;
   float adam_epsilon = 1e-8f;
   float max_grad_norm = 1.0f;     // <= 0: no clipping
+  // 0: every rank keeps all AdamW moments and updates every parameter (DDP). 1: ZeRO-1, each of N
+  // ranks keeps and updates 1/N of them (core/optimizer_shard.h): the moments' memory / N, a
+  // reduce-scatter and an all-gather instead of the all-reduce. Results are the same either way.
+  int zero_stage = 0;
   double warmup_ratio = 0.0;
   int64_t warmup_steps = 0;       // > 0 wins over warmup_ratio (HF)
   std::string lr_scheduler_type = "linear";

@@ -107,27 +107,35 @@ int backend_max_seq_len(const TrainConfig& config) {
   return std::min((config.max_length + 7) / 8 * 8, config.model.max_position_embeddings);
 }
 
-void check_cuda_memory(const TrainConfig& config) {
+// ZeRO-1's shard of this rank (TrainConfig::zero_stage 1), else every parameter.
+OptimizerShard optimizer_shard_for(const TrainConfig& config, const comm::Communicator& comm) {
+  const size_t numel = ParameterLayout::for_bert(config.model).total_numel();
+  return config.zero_stage == 1 ? OptimizerShard::of_rank(numel, comm.rank(), comm.world_size())
+                                : OptimizerShard::whole(numel);
+}
+
+void check_cuda_memory(const TrainConfig& config, const comm::Communicator& comm) {
   size_t free_bytes = 0, total_bytes = 0;
   if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
     cudaGetLastError();
     throw std::runtime_error("device: cuda: cudaMemGetInfo failed; is the GPU in use by another job?");
   }
   check_device_memory_fits(config.model, backend_max_rows(config), backend_max_seq_len(config), config.precision,
-                           free_bytes);
+                           free_bytes, /*fused_kernels_available=*/true, optimizer_shard_for(config, comm));
 }
 
 std::unique_ptr<Backend> make_backend(const TrainConfig& config, comm::Communicator& comm) {
   const std::string device = resolve_device(config.device);
   const std::string precision = resolve_precision(device, config.precision);
-  if (device == "cpu") return make_cpu_backend(config.model);
+  if (device == "cpu") return make_cpu_backend(config.model, optimizer_shard_for(config, comm));
   if (device == "cuda") {
     // The NCCL communicator chose this rank's GPU; an MPI one would leave every rank on GPU 0 and
     // be handed device pointers to reduce.
     if (std::string(comm.name()) != "nccl")
       throw std::logic_error("make_backend: device cuda needs the communicator of make_communicator(\"cuda\"), got " +
                              std::string(comm.name()));
-    return make_cuda_backend(config.model, precision, backend_max_rows(config), backend_max_seq_len(config));
+    return make_cuda_backend(config.model, precision, backend_max_rows(config), backend_max_seq_len(config),
+                             optimizer_shard_for(config, comm));
   }
   throw std::invalid_argument("device: no backend for '" + device + "'");
 }
@@ -591,7 +599,7 @@ Trainer::Trainer(TrainConfig config, comm::Communicator& comm, std::unique_ptr<B
         config_.output_dir, estimated_checkpoint_bytes(layout.total_numel(), layout.parameters().size(),
                                                        /*with_optimizer=*/true, tokenizer_->tokens(), 0));
   }
-  if (!backend && config_.device == "cuda") check_cuda_memory(config_);
+  if (!backend && config_.device == "cuda") check_cuda_memory(config_, comm_);
 
   train_data_ = load_checked(config_, config_.train_file, *tokenizer_);
   if (!config_.validation_file.empty()) validation_data_ = load_checked(config_, config_.validation_file, *tokenizer_);
@@ -847,7 +855,7 @@ Trainer::StepResult Trainer::train_step(StepBatches& batches) {
   comm_.all_reduce_sum_host(sums, 2);
   // The norm reads the reduced gradients: the first wait for the device collectives (started
   // during the backward when overlapped), so it stays under the watchdog.
-  const double sq_norm = backend_->gradient_sq_norm();
+  const double sq_norm = reduction.gradient_sq_norm();
   watchdog_->leave();
 
   result.loss = sums[0] / static_cast<double>(rows);
@@ -890,6 +898,9 @@ Trainer::StepResult Trainer::train_step(StepBatches& batches) {
   hyper.grad_scale = clip_coefficient(result.grad_norm, config_.max_grad_norm) / scale;
   hyper.step = step - state_.skipped_steps;  // AdamW's own count: skipped steps never reached it
   backend_->adamw_step(hyper);
+  watchdog_->enter("the parameter all-gather (zero_stage 1)", step);
+  reduction.share_updated_parameters();
+  watchdog_->leave();
   state_.loss_scale = fp16_loss_scaling_ ? scaler_.scale() : 1.0f;
   state_.loss_scale_good_steps = scaler_.good_steps();
   return result;
@@ -953,7 +964,19 @@ void Trainer::agree_on_output(const std::string& problem, const char* what) {
 std::string Trainer::save_checkpoint() {
   last_saved_step_ = state_.global_step;
   // Every replica holds the same weights; rank 0 alone writes them, and tells the others whether
-  // that worked, so a full disk stops every rank with one message instead of an abort.
+  // that worked, so a full disk stops every rank with one message instead of an abort. With
+  // ZeRO-1 each rank holds only its shard of the AdamW moments: rank 0 gathers them first.
+  const OptimizerShard& shard = backend_->optimizer_shard();
+  std::vector<float> adam_m, adam_v;
+  if (shard.sharded()) {
+    adam_m.assign(shard.padded_numel, 0.0f);
+    adam_v.assign(shard.padded_numel, 0.0f);
+    backend_->get_optimizer_state(adam_m.data(), adam_v.data());
+    watchdog_->enter("gathering the AdamW moments for a checkpoint (zero_stage 1)", state_.global_step);
+    comm_.gather_host(adam_m.data(), shard.count, 0);
+    comm_.gather_host(adam_v.data(), shard.count, 0);
+    watchdog_->leave();
+  }
   std::string path, problem;
   if (comm_.rank() == 0) {
     path = checkpoint_path(config_.output_dir, state_.global_step);
@@ -962,10 +985,15 @@ std::string Trainer::save_checkpoint() {
       checkpoint.model = config_.model;
       const size_t numel = backend_->layout().total_numel();
       checkpoint.parameters.resize(numel);
-      checkpoint.adam_m.resize(numel);
-      checkpoint.adam_v.resize(numel);
       backend_->get_parameters(checkpoint.parameters.data());
-      backend_->get_optimizer_state(checkpoint.adam_m.data(), checkpoint.adam_v.data());
+      if (shard.sharded()) {
+        checkpoint.adam_m.assign(adam_m.begin(), adam_m.begin() + static_cast<std::ptrdiff_t>(numel));
+        checkpoint.adam_v.assign(adam_v.begin(), adam_v.begin() + static_cast<std::ptrdiff_t>(numel));
+      } else {
+        checkpoint.adam_m.resize(numel);
+        checkpoint.adam_v.resize(numel);
+        backend_->get_optimizer_state(checkpoint.adam_m.data(), checkpoint.adam_v.data());
+      }
       checkpoint.trainer = state_;
       checkpoint.config_ini = config_.config_ini;
       checkpoint.tokenizer.vocab = tokenizer_->tokens();
@@ -1085,6 +1113,13 @@ TrainSummary Trainer::train() {
               std::to_string(state_.global_batch_size) + " | " + std::to_string(steps_per_epoch_) +
               " steps/epoch | " + std::to_string(total) + " steps | warmup " + std::to_string(warmup_steps_) +
               " | " + std::to_string(backend_->layout().total_numel()) + " parameters");
+  const OptimizerShard& shard = backend_->optimizer_shard();
+  if (shard.sharded())
+    log.message("zero_stage 1: each rank keeps the AdamW moments of " + std::to_string(shard.count) + " of " +
+                std::to_string(shard.padded_numel) + " (padded) parameters, 1/" + std::to_string(shard.world) +
+                "; gradients reduce-scattered, parameters all-gathered");
+  else if (config_.zero_stage == 1)
+    log.message("zero_stage 1 on one rank: nothing to shard, every parameter's moments stay here");
 
   data::ShardedSampler sampler(train_data_->size(), world, rank, config_.seed, /*shuffle=*/true, /*drop_last=*/false);
   const int64_t accumulation = config_.gradient_accumulation_steps;

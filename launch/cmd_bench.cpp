@@ -38,7 +38,9 @@ int run_bench(int argc, char** argv) {
       "the all-reduce timed alone (median of --comm-iters), allreduce_busbw_gbps its bus\n"
       "bandwidth (algbw x 2(N-1)/N, as nccl-tests). The all-reduce runs after the backward\n"
       "(comm_overlap \"none\": exposed_comm_share is all of it); with LLMQS_ALLREDUCE_OVERLAP=1\n"
-      "on NCCL each layer's gradients are all-reduced while the backward goes on (\"layers\").";
+      "on NCCL each layer's gradients are all-reduced while the backward goes on (\"layers\").\n"
+      "--zero-stage 1 (ZeRO-1): a reduce-scatter instead, AdamW on each rank's 1/N shard and an\n"
+      "all-gather of the parameters (comm_ms_per_step times both; optimizer_state_gib per rank).";
   cl.options.add_options()
       ("backend", po::value<std::string>(&c.backend)->default_value(c.backend), "cuda | cpu")
       ("precision", po::value<std::string>(&c.precision)->default_value(c.precision),
@@ -62,7 +64,9 @@ int run_bench(int argc, char** argv) {
        "dense matmul peak for MFU; 0 = measure an 8192^3 bf16 cuBLASLt product")
       ("seed", po::value<uint64_t>(&c.seed)->default_value(c.seed), "weights, tokens, lengths and dropout")
       ("comm-iters", po::value<int>(&c.comm_iters)->default_value(c.comm_iters),
-       "gradient all-reduces timed on their own after the steps (median; N > 1 only)");
+       "gradient all-reduces timed on their own after the steps (median; N > 1 only)")
+      ("zero-stage", po::value<int>(&c.zero_stage)->default_value(c.zero_stage),
+       "0 | 1: ZeRO-1, each rank keeps and updates 1/N of the AdamW moments (N > 1 only)");
   po::variables_map vm;
   comm::MpiSession mpi(&argc, &argv);
   std::unique_ptr<comm::Communicator> control = comm::make_mpi_communicator();

@@ -71,6 +71,8 @@ void add_train_options(po::options_description& options, core::TrainConfig& c) {
       ("adam_beta2", bound(&c.adam_beta2), "AdamW beta2")
       ("adam_epsilon", bound(&c.adam_epsilon), "AdamW epsilon")
       ("max_grad_norm", bound(&c.max_grad_norm), "clip the global gradient norm to this; <= 0 = no clipping")
+      ("zero_stage", bound(&c.zero_stage),
+       "0 = every rank keeps all AdamW moments; 1 = ZeRO-1: each of N ranks keeps and updates 1/N of them")
       ("lr_scheduler_type", bound(&c.lr_scheduler_type), "linear | cosine | constant | constant_with_warmup")
       ("warmup_ratio", bound(&c.warmup_ratio), "warmup as a fraction of all steps, in [0, 1)")
       ("warmup_steps", bound(&c.warmup_steps), "warmup steps (> 0 wins over warmup_ratio)")

@@ -324,6 +324,78 @@ TEST(CudaBackend, ReportsEachLayersGradientsOnceTheirKernelsAreIssued) {
   }
 }
 
+// ZeRO-1 (core/optimizer_shard.h): a backend that owns one of `world` shards updates exactly the
+// parameters and moments a whole backend updates there, bit for bit, and leaves the rest alone;
+// once the other shards' parameters are written into its fp32 buffer (the all-gather) and
+// parameters_gathered() refreshes the bf16 copy, its forward gives the whole backend's logits.
+TEST(CudaBackend, EachShardUpdatesItsOwnParametersExactlyAsTheWholeBackend) {
+  REQUIRE_CUDA();
+  const BertConfig c = tiny_config();
+  const size_t numel = core::ParameterLayout::for_bert(c).total_numel();
+  std::vector<float> params(numel), m(numel), v(numel);
+  core::init_bert_parameters(c, core::ParameterLayout::for_bert(c), 4, params.data());
+  for (size_t i = 0; i < numel; ++i) {
+    m[i] = 1e-3f * static_cast<float>((i * 31) % 17) - 8e-3f;
+    v[i] = 1e-6f * static_cast<float>((i * 13) % 23 + 1);
+  }
+  core::AdamWHyper hyper;
+  hyper.lr = 1e-2f;
+  hyper.weight_decay = 0.1f;
+  hyper.grad_scale = 0.75f;
+  hyper.step = 3;
+  core::DropoutKey key;
+  key.seed = 21;
+  const data::Batch batch = make_batch(c, 4, 16, 8);
+  for (const std::string precision : {"fp32", "bf16"}) {
+    if (precision == "bf16" && kernels::cuda::loaded_code_arch() < 800) continue;
+    auto step = [&](core::Backend& backend) {
+      backend.set_parameters(params.data());
+      backend.set_optimizer_state(m.data(), v.data());
+      backend.zero_gradients();
+      backend.forward_backward(batch, 0.25f, key);
+      const double sq = backend.gradient_sq_norm();
+      backend.adamw_step(hyper);
+      return sq;
+    };
+    auto whole = core::make_cuda_backend(c, precision, 4, 16);
+    const double whole_sq = step(*whole);
+    std::vector<float> want_p(numel), want_m(numel), want_v(numel), want_logits(4 * c.num_labels);
+    whole->get_parameters(want_p.data());
+    whole->get_optimizer_state(want_m.data(), want_v.data());
+    whole->forward(batch, want_logits.data());
+    for (int world : {2, 3}) {
+      double shard_sq = 0.0;
+      for (int rank = 0; rank < world; ++rank) {
+        const auto shard = core::OptimizerShard::of_rank(numel, rank, world);
+        auto gpu = core::make_cuda_backend(c, precision, 4, 16, shard);
+        shard_sq += step(*gpu);
+        std::vector<float> got_p(numel), got_m(numel, -1.0f), got_v(numel, -1.0f);
+        gpu->get_parameters(got_p.data());
+        gpu->get_optimizer_state(got_m.data(), got_v.data());
+        size_t wrong = 0;
+        for (size_t i = 0; i < numel; ++i) {
+          if (i >= shard.begin && i < shard.owned_end())
+            wrong += got_p[i] != want_p[i] || got_m[i] != want_m[i] || got_v[i] != want_v[i];
+          else
+            wrong += got_p[i] != params[i] || got_m[i] != -1.0f || got_v[i] != -1.0f;
+        }
+        EXPECT_EQ(wrong, 0u) << precision << " rank " << rank << " of " << world;
+        std::vector<float> padding(shard.padded_numel - numel, 1.0f);
+        CUDA_CHECK(cudaMemcpy(padding.data(), gpu->parameter_buffer() + numel, padding.size() * sizeof(float),
+                              cudaMemcpyDeviceToHost));
+        EXPECT_EQ(std::count(padding.begin(), padding.end(), 0.0f), static_cast<std::ptrdiff_t>(padding.size()));
+        // The all-gather's effect, then the refresh: the forward sees the whole update.
+        CUDA_CHECK(cudaMemcpy(gpu->parameter_buffer(), want_p.data(), numel * sizeof(float), cudaMemcpyHostToDevice));
+        gpu->parameters_gathered();
+        std::vector<float> logits(4 * c.num_labels);
+        gpu->forward(batch, logits.data());
+        EXPECT_EQ(logits, want_logits) << precision << " rank " << rank << " of " << world;
+      }
+      EXPECT_NEAR(shard_sq, whole_sq, 1e-12 * whole_sq) << precision << " world " << world;
+    }
+  }
+}
+
 TEST(CudaBackend, RefusesBatchesBeyondItsArenaAndBadTokens) {
   REQUIRE_CUDA();
   const BertConfig c = tiny_config();
@@ -482,6 +554,24 @@ TEST(DeviceMemoryPlan, GrowsWithTheBatchAndShrinksWithHalfPrecision) {
   EXPECT_EQ(plan.layers.size(), 12u);
   EXPECT_EQ(plan.params_low - plan.adam_v, params * 4 + (256 - params * 4 % 256) % 256);
   EXPECT_EQ(plan.arena_bytes % 256, 0u);
+}
+
+// ZeRO-1 divides the moments' 8 bytes per parameter by the ranks and pads the rest a little.
+TEST(DeviceMemoryPlan, ZeroStage1DividesTheMomentsByTheRanks) {
+  BertConfig base;  // bert-base-cased
+  const size_t params = core::ParameterLayout::for_bert(base).total_numel();
+  const core::DeviceMemoryPlan whole = core::plan_device_memory(base, 16, 512, "bf16");
+  EXPECT_EQ(whole.shard.count, params);
+  for (int world : {2, 4, 8}) {
+    const auto shard = core::OptimizerShard::of_rank(params, world - 1, world);
+    const core::DeviceMemoryPlan plan = core::plan_device_memory(base, 16, 512, "bf16", true, shard);
+    EXPECT_EQ(plan.adam_v - plan.adam_m, shard.count * 4 + (256 - shard.count * 4 % 256) % 256);
+    const double saved = double(whole.arena_bytes) - double(plan.arena_bytes);
+    const double expected = 8.0 * params * (1.0 - 1.0 / world);
+    EXPECT_NEAR(saved, expected, 0.001 * expected) << world;
+  }
+  EXPECT_THROW(core::plan_device_memory(base, 16, 512, "bf16", true, core::OptimizerShard::of_rank(params + 1, 0, 2)),
+               std::invalid_argument);
 }
 
 TEST(DeviceMemoryPlan, AdamWDecayMaskHasOneBitPerParameterSetWhereTheTensorDecays) {

@@ -22,7 +22,7 @@ using llmqs::core::GradientReduction;
 using llmqs::core::ParameterLayout;
 
 struct Call {
-  std::string what;  // all_reduce | start | wait
+  std::string what;  // all_reduce | start | wait | reduce_scatter | all_gather
   const float* data = nullptr;
   size_t count = 0;
 };
@@ -38,6 +38,9 @@ class RecordingCommunicator final : public llmqs::comm::Communicator {
   bool overlaps_all_reduce() const override { return overlaps_; }
   void start_all_reduce_sum(float* data, size_t count, void*) override { calls.push_back({"start", data, count}); }
   void wait_all_reduces(void*) override { calls.push_back({"wait", nullptr, 0}); }
+  void reduce_scatter_sum(float* data, size_t count) override { calls.push_back({"reduce_scatter", data, count}); }
+  void all_gather(float* data, size_t count) override { calls.push_back({"all_gather", data, count}); }
+  void gather_host(float*, size_t, int) override {}
   void broadcast(void*, size_t, int) override {}
   void all_reduce_sum_host(double*, size_t) override {}
   void all_reduce_sum_host(int64_t*, size_t) override {}
@@ -120,6 +123,43 @@ TEST(GradientReduction, WithoutOverlapOneAllReduceOfTheWholeBufferAfterTheBackwa
   EXPECT_EQ(calls[0].what, "all_reduce");
   EXPECT_EQ(calls[0].data, backend->gradient_buffer());
   EXPECT_EQ(calls[0].count, backend->layout().total_numel());
+}
+
+// ZeRO-1: one reduce-scatter of the padded buffer by shard (never the per-layer overlap), and the
+// all-gather of the parameter buffer after AdamW; without ZeRO the gather is nothing.
+TEST(GradientReduction, ShardedReducesScattersThenGathersTheParameters) {
+  const size_t numel = llmqs::core::ParameterLayout::for_bert(tiny_config()).total_numel();
+  const auto shard = llmqs::core::OptimizerShard::of_rank(numel, 0, 2);
+  auto backend = llmqs::core::make_cpu_backend(tiny_config(), shard);
+  RecordingCommunicator comm(/*overlaps=*/true);
+  GradientReduction reduction(*backend, comm);
+  EXPECT_FALSE(reduction.overlapped());
+  std::vector<Call> calls = run_step(comm, *backend);
+  ASSERT_EQ(calls.size(), 1u);
+  EXPECT_EQ(calls[0].what, "reduce_scatter");
+  EXPECT_EQ(calls[0].data, backend->gradient_buffer());
+  EXPECT_EQ(calls[0].count, shard.count);
+  EXPECT_EQ(2 * calls[0].count, shard.padded_numel);
+  comm.calls.clear();
+  reduction.share_updated_parameters();
+  ASSERT_EQ(comm.calls.size(), 1u);
+  EXPECT_EQ(comm.calls[0].what, "all_gather");
+  EXPECT_EQ(comm.calls[0].data, backend->parameter_buffer());
+  EXPECT_EQ(comm.calls[0].count, shard.count);
+
+  auto whole = tiny_backend();
+  RecordingCommunicator plain(/*overlaps=*/false);
+  GradientReduction unsharded(*whole, plain);
+  unsharded.share_updated_parameters();
+  EXPECT_TRUE(plain.calls.empty());
+}
+
+// A shard made for another rank or world than the communicator's is a wiring error.
+TEST(GradientReduction, AShardOfAnotherWorldIsAnError) {
+  const size_t numel = llmqs::core::ParameterLayout::for_bert(tiny_config()).total_numel();
+  auto backend = llmqs::core::make_cpu_backend(tiny_config(), llmqs::core::OptimizerShard::of_rank(numel, 1, 3));
+  RecordingCommunicator comm(/*overlaps=*/false);  // rank 0 of 2
+  EXPECT_THROW(GradientReduction(*backend, comm), std::logic_error);
 }
 
 // A backend that never reports its ranges (e.g. a wrapper that does not forward the hook) must not

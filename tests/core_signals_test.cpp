@@ -41,6 +41,7 @@ class SignallingBackend final : public core::Backend {
   std::string name() const override { return inner_->name(); }
   const core::BertConfig& config() const override { return inner_->config(); }
   const core::ParameterLayout& layout() const override { return inner_->layout(); }
+  const core::OptimizerShard& optimizer_shard() const override { return inner_->optimizer_shard(); }
   void set_parameters(const float* host) override { inner_->set_parameters(host); }
   void get_parameters(float* host) const override { inner_->get_parameters(host); }
   void set_optimizer_state(const float* m, const float* v) override { inner_->set_optimizer_state(m, v); }
@@ -55,6 +56,8 @@ class SignallingBackend final : public core::Backend {
   float* gradient_buffer() override { return inner_->gradient_buffer(); }
   double gradient_sq_norm() override { return inner_->gradient_sq_norm(); }
   void adamw_step(const core::AdamWHyper& hyper) override { inner_->adamw_step(hyper); }
+  float* parameter_buffer() override { return inner_->parameter_buffer(); }
+  void parameters_gathered() override { inner_->parameters_gathered(); }
 
  private:
   std::unique_ptr<core::Backend> inner_;

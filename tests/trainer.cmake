@@ -15,6 +15,14 @@ if(Python3_Interpreter_FOUND)
   set_tests_properties(trainer_mpi_parity PROPERTIES ENVIRONMENT "${LLMQS_TRAINER_TEST_ENV}" TIMEOUT 600
                        PASS_REGULAR_EXPRESSION "PASS: ")
 
+  # ZeRO-1 (zero_stage 1) on 2 and 3 ranks against zero_stage 0: same losses and checkpoints (bitwise
+  # on 2 ranks), the whole optimizer state gathered into checkpoints, resumable under either stage.
+  add_test(NAME trainer_mpi_zero1
+           COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/trainer/compare_zero.py
+                   --binary $<TARGET_FILE:llmqs-dist> --mpiexec ${LLMQS_MPIEXEC} --work ${LLMQS_TRAINER_WORK}/zero1)
+  set_tests_properties(trainer_mpi_zero1 PROPERTIES ENVIRONMENT "${LLMQS_TRAINER_TEST_ENV}" TIMEOUT 600
+                       PASS_REGULAR_EXPRESSION "PASS: ")
+
   # TensorBoard's own reader finds train/* and eval/* under output_dir/runs/, equal to metrics.jsonl.
   add_test(NAME trainer_tensorboard_scalars
            COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/trainer/check_tensorboard.py

@@ -16,6 +16,9 @@ class LoneCommunicator final : public comm::Communicator {
   int world_size() const override { return world_; }
   int local_rank() const override { return rank_; }
   void all_reduce_sum(float*, size_t) override {}
+  void reduce_scatter_sum(float*, size_t) override {}
+  void all_gather(float*, size_t) override {}
+  void gather_host(float*, size_t, int) override {}
   void broadcast(void*, size_t, int) override {}
   void all_reduce_sum_host(double*, size_t) override {}
   void all_reduce_sum_host(int64_t*, size_t) override {}
