@@ -201,6 +201,7 @@ struct Buffers {
   void *dq = nullptr, *dk = nullptr, *dv = nullptr;
   float *lse = nullptr, *delta = nullptr;
   uint32_t* attn_mask = nullptr;  // dropout keep bits: flash_attention_mask_words(B, S, H) words
+  uint32_t* ln_keep = nullptr;    // a residual LayerNorm's keep bits: layernorm_keep_bits_words(N, C) (null if 0)
   void* attn_ds = nullptr;        // dS^T for the dQ product: flash_attention_ds_elements(B, S, H), or null
   int32_t *lengths_full = nullptr, *lengths_yelp = nullptr;
   // Embeddings: ids [N], fp32 tables, output [N x 768].
@@ -630,6 +631,7 @@ int run(const Options& o) {
   arena.add(b.delta, size_t(B) * H * S * 4);  // delta_scratch: [rows x heads x seq] fp32
   const size_t mask_bytes = cu::flash_attention_mask_words(B, S, H) * 4;
   arena.add(b.attn_mask, mask_bytes);
+  if (const size_t keep_words = cu::layernorm_keep_bits_words(N, C, type)) arena.add(b.ln_keep, keep_words * 4);
   // The backend's choice (core::attention_ds_planned: LLMQS_ATTENTION_DQ=recompute turns it off).
   const bool stored_ds = core::attention_ds_planned();
   arena.add(b.attn_ds, stored_ds ? cu::flash_attention_ds_elements(B, S, H) * es : 0);
@@ -865,12 +867,13 @@ int run(const Options& o) {
     r.name = "layernorm_fwd.residual";
     r.shape = sizes + " dropout(a) + b, p0.1";
     r.call = "layernorm_forward(out, sum, mean, rstd, a=dense_out, b=residual, gamma, beta, type, N, 768, eps, "
-             "a_site p=0.1, none)";
-    r.bytes = 4.0 * double(nC) * es + 2.0 * N * 4 + 2.0 * C * 4;  // a, b in; out, sum out; mean, rstd; gamma, beta
+             "a_site p=0.1, none, stream, keep bits)";
+    // a, b in; out, sum out; mean, rstd; gamma, beta; the keep bits out
+    r.bytes = 4.0 * double(nC) * es + 2.0 * N * 4 + 2.0 * C * 4 + double(N) * 32 * 4 * (b.ln_keep != nullptr);
     r.calls_per_step = 2 * layers;
     r.enqueue = [&, N, C, eps] {
       cu::layernorm_forward(b.ln_out, b.ln_sum, b.mean, b.rstd, b.y, b.x, b.gamma, b.beta, type, N, C, eps, hidden_site,
-                            none, stream);
+                            none, stream, b.ln_keep);
     };
     add(std::move(r));
   }
@@ -879,13 +882,13 @@ int run(const Options& o) {
     r.name = "layernorm_bwd.residual";
     r.shape = sizes + " -> dx, dropout^T(dx), dgamma, dbeta, dbias";
     r.call = "layernorm_backward(dx, dx_dropped, dgamma, dbeta, dbias_dropped, dout, x=sum, mean, rstd, gamma, type, "
-             "N, 768, a_site p=0.1, none, scratch)";
-    // dout, x in; dx, dx_dropped out; mean, rstd, gamma in; dgamma, dbeta, dbias read and written
-    r.bytes = 4.0 * double(nC) * es + 2.0 * N * 4 + double(C) * 4 + 6.0 * C * 4;
+             "N, 768, a_site p=0.1, none, scratch, stream, keep bits)";
+    // dout, x in; dx, dx_dropped out; mean, rstd, gamma in; dgamma, dbeta, dbias read and written; keep bits in
+    r.bytes = 4.0 * double(nC) * es + 2.0 * N * 4 + double(C) * 4 + 6.0 * C * 4 + double(N) * 32 * 4 * (b.ln_keep != nullptr);
     r.calls_per_step = 2 * layers;
     r.enqueue = [&, N, C] {
       cu::layernorm_backward(b.dx, b.dx_dropped, b.dgamma, b.dbeta, b.dbias, b.dy, b.ln_sum, b.mean, b.rstd, b.gamma,
-                             type, N, C, hidden_site, none, b.reduce_scratch, stream);
+                             type, N, C, hidden_site, none, b.reduce_scratch, stream, b.ln_keep);
     };
     add(std::move(r));
   }

@@ -217,6 +217,14 @@ class CudaBackend final : public Backend {
     variants.packed_gelu = env_value("LLMQS_GELU") != "scalar";
     variants.packed_column_sums = env_value("LLMQS_COLUMN_SUM") != "scalar";
     cu::set_kernel_variants(variants);
+    // The residual LayerNorms record their dropout keep bits for the backward where the packed
+    // kernels run (the plan's size and the kernels' layout must agree).
+    const size_t keep_words = cu::layernorm_keep_bits_words(static_cast<int64_t>(plan_.rows) * plan_.seq,
+                                                            config_.hidden_size, type_);
+    if (keep_words != 0 && plan_.layernorm_keep_bytes != keep_words * 4)
+      throw std::logic_error("device memory plan: the LayerNorm keep-bit buffers disagree with the kernels' layout");
+    layernorm_keep_bits_ = keep_words != 0;
+    keep_recorded_.assign(2 * static_cast<size_t>(config_.num_hidden_layers), 0);
     if (env_value("LLMQS_UPLOAD") != "pageable") {
       // ints: ids [N], lengths [rows], labels [rows], then group token [N], offset [N + 1] and
       // position [N] (the bounds of group_tokens_by_id's output); offsets in upload / upload_groups.
@@ -404,6 +412,8 @@ class CudaBackend final : public Backend {
     return arena_ + plan_.params_low + element * kernels::dtype_bytes(type_);
   }
   float* scratch() const { return f32(plan_.reduce_scratch); }
+  // A residual LayerNorm's keep-bit buffer, or null where the kernels draw the mask again.
+  uint32_t* keep_bits(size_t offset) const { return layernorm_keep_bits_ ? u32(offset) : nullptr; }
 
   void download(float* host, size_t offset) const {
     CUDA_CHECK(cudaMemcpyAsync(host, arena_ + offset, bytes(), cudaMemcpyDeviceToHost, stream_));
@@ -583,9 +593,10 @@ class CudaBackend final : public Backend {
       profile_->mark("attention_fwd");
       linear(act(a.ctx), lp.o_w, lp.o_b, dense_out, N, C, C);
       profile_->mark("o_fwd");
-      cu::layernorm_forward(act(a.attn_out), act(a.attn_sum), f32(a.attn_mean), f32(a.attn_rstd), dense_out, x,
+      keep_recorded_[2 * l] = cu::layernorm_forward(act(a.attn_out), act(a.attn_sum), f32(a.attn_mean), f32(a.attn_rstd), dense_out, x,
                             P(lp.ln1_g), P(lp.ln1_b), type_, N, C, eps,
-                            layer_site(l, kernels::LayerDropoutSite::kAttentionOutput, hidden_p), none, stream_);
+                            layer_site(l, kernels::LayerDropoutSite::kAttentionOutput, hidden_p), none, stream_,
+                            keep_bits(a.attn_keep));
       profile_->mark("ln_fwd");
       linear(act(a.attn_out), lp.i_w, lp.i_b, act(a.ffn_pre), N, C, I);
       profile_->mark("ffn1_fwd");
@@ -593,9 +604,10 @@ class CudaBackend final : public Backend {
       profile_->mark("gelu_fwd");
       linear(act(a.ffn_act), lp.f_w, lp.f_b, dense_out, N, I, C);
       profile_->mark("ffn2_fwd");
-      cu::layernorm_forward(act(a.out), act(a.ffn_sum), f32(a.ffn_mean), f32(a.ffn_rstd), dense_out, act(a.attn_out),
+      keep_recorded_[2 * l + 1] = cu::layernorm_forward(act(a.out), act(a.ffn_sum), f32(a.ffn_mean), f32(a.ffn_rstd), dense_out, act(a.attn_out),
                             P(lp.ln2_g), P(lp.ln2_b), type_, N, C, eps,
-                            layer_site(l, kernels::LayerDropoutSite::kFeedForwardOutput, hidden_p), none, stream_);
+                            layer_site(l, kernels::LayerDropoutSite::kFeedForwardOutput, hidden_p), none, stream_,
+                            keep_bits(a.ffn_keep));
       profile_->mark("ln_fwd");
     }
     // Pooler on the [CLS] rows: row r of the product reads token r * S (lda = S * C).
@@ -678,7 +690,7 @@ class CudaBackend final : public Backend {
       cu::layernorm_backward(d_sum, d_tmp, G(lp.ln2_g), G(lp.ln2_b), G(lp.f_b), d_h, act(a.ffn_sum),
                              f32(a.ffn_mean), f32(a.ffn_rstd), P(lp.ln2_g), type_, N, C,
                              layer_site(l, kernels::LayerDropoutSite::kFeedForwardOutput, hidden_p), none, scratch(),
-                             stream_);
+                             stream_, keep_recorded_[2 * l + 1] ? keep_bits(a.ffn_keep) : nullptr);
       profile_->mark("ln_bwd");
       linear_grad(d_tmp, act(a.ffn_act), lp.f_w, lp.f_b, d_ffn, 0.0f, N, I, C, true);
       profile_->mark("ffn2_bwd");
@@ -692,7 +704,7 @@ class CudaBackend final : public Backend {
       cu::layernorm_backward(d_h, d_tmp, G(lp.ln1_g), G(lp.ln1_b), G(lp.o_b), d_sum, act(a.attn_sum),
                              f32(a.attn_mean), f32(a.attn_rstd), P(lp.ln1_g), type_, N, C,
                              layer_site(l, kernels::LayerDropoutSite::kAttentionOutput, hidden_p), none, scratch(),
-                             stream_);
+                             stream_, keep_recorded_[2 * l] ? keep_bits(a.attn_keep) : nullptr);
       profile_->mark("ln_bwd");
       linear_grad(d_tmp, act(a.ctx), lp.o_w, lp.o_b, act(plan_.d_ctx), 0.0f, N, C, C, true);
       profile_->mark("o_bwd");
@@ -767,6 +779,8 @@ class CudaBackend final : public Backend {
   bool has_labels_ = false;
   DropoutKey key_;
   cu::TokenGroupsHost groups_;
+  bool layernorm_keep_bits_ = false;  // LayerNorm forward records dropout keep bits for the backward
+  std::vector<uint8_t> keep_recorded_;  // per residual LayerNorm (2 per layer): the last forward recorded its bits
   int32_t* staging_ = nullptr;  // pinned host ints (null with LLMQS_UPLOAD=pageable)
   size_t staging_ints_ = 0;
   cudaEvent_t staging_free_ = nullptr;

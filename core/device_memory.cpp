@@ -94,6 +94,10 @@ DeviceMemoryPlan plan_device_memory(const BertConfig& config, int max_rows, int 
   // layout of kernels::cuda::flash_attention_mask_words (the backend checks the two agree).
   const size_t mask_bytes = plan.fused_attention ? B * H * S * 2 * ((S + 63) / 64) * 4 : 0;
   plan.attn_mask_bytes = mask_bytes;
+  // The residual LayerNorms' dropout keep bits (kernels::cuda::layernorm_keep_bits_words: 32 words a
+  // row where the packed kernels run, C a multiple of the 16-byte pack; the backend checks the two agree).
+  const size_t keep_bytes = C % (16 / act) == 0 && C <= 1024 ? N * 32 * 4 : 0;
+  plan.layernorm_keep_bytes = keep_bytes;
   // dS^T of every (row, head): [B x H x Sp x Sp] with Sp = S rounded up to 64, the layout of
   // kernels::cuda::flash_attention_ds_elements (checked by the backend), one buffer for all layers.
   const size_t padded = (S + 63) / 64 * 64;
@@ -128,12 +132,14 @@ DeviceMemoryPlan plan_device_memory(const BertConfig& config, int max_rows, int 
     b.attn_sum = p.take(N * C * act);
     b.attn_mean = p.take(N * 4);
     b.attn_rstd = p.take(N * 4);
+    b.attn_keep = p.take(keep_bytes);
     b.attn_out = p.take(N * C * act);
     b.ffn_pre = p.take(N * I * act);
     b.ffn_act = p.take(N * I * act);
     b.ffn_sum = p.take(N * C * act);
     b.ffn_mean = p.take(N * 4);
     b.ffn_rstd = p.take(N * 4);
+    b.ffn_keep = p.take(keep_bytes);
     b.out = p.take(N * C * act);
     plan.layers.push_back(b);
   }

@@ -27,6 +27,7 @@ struct LayerDeviceBuffers {
   size_t attn_sum, attn_mean, attn_rstd, attn_out;
   size_t ffn_pre, ffn_act;                     // [tokens x intermediate]
   size_t ffn_sum, ffn_mean, ffn_rstd, out;     // out = this layer's output (next layer's input)
+  size_t attn_keep, ffn_keep;                  // the two residual LayerNorms' dropout keep bits
 };
 
 struct DeviceMemoryPlan {
@@ -57,6 +58,7 @@ struct DeviceMemoryPlan {
   // otherwise the unfused kernels/attention.cu with its materialised scores.
   bool fused_attention = false;
   size_t attn_mask_bytes = 0;  // per layer (LayerDeviceBuffers::attn_mask)
+  size_t layernorm_keep_bytes = 0;  // per residual LayerNorm (attn_keep, ffn_keep); 0: the scalar kernels draw again
   // One buffer shared by the layers: kernels::cuda::flash_attention_ds_elements x activation bytes,
   // or 0 with LLMQS_ATTENTION_DQ=recompute (dQ by a kernel that recomputes S and P instead).
   size_t attn_ds_bytes = 0;

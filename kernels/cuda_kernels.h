@@ -80,9 +80,18 @@ KernelVariants kernel_variants();
 // x = dropout_a(a) + b (b may be null: x = dropout_a(a)); when b is given, x is stored in `sum`
 // (the backward's input). out = dropout_out(LayerNorm(x) * gamma + beta). mean/rstd fp32 [N].
 // The CPU composes the same from dropout_forward + residual_layernorm_forward / layernorm_forward.
-void layernorm_forward(void* out, void* sum, float* mean, float* rstd, const void* a, const void* b,
+// a_keep_bits (may be null; layernorm_keep_bits_words(N, C, type) words): where the packed kernel
+// records a_site's keep decisions for the backward. Returns whether it did (false: null, or the
+// scalar kernel ran, e.g. for unaligned tensors); hand the bits to the backward only then.
+bool layernorm_forward(void* out, void* sum, float* mean, float* rstd, const void* a, const void* b,
                        const float* gamma, const float* beta, DType type, int N, int C, float eps,
-                       const DropoutSite& a_site, const DropoutSite& out_site, cudaStream_t stream);
+                       const DropoutSite& a_site, const DropoutSite& out_site, cudaStream_t stream,
+                       uint32_t* a_keep_bits = nullptr);
+// Words of a_site keep bits for N rows of width C: 32 per row (lane l's word holds its packs'
+// elements, bit i * pack + v for column (i * 32 + l) * pack + v), or 0 when the packed kernels do
+// not run for (type, C) (C not a multiple of the pack, LLMQS_LAYERNORM=scalar's variant). The
+// packed backward then re-applies a_site's mask from the bits instead of drawing it again (same mask).
+size_t layernorm_keep_bits_words(int64_t N, int C, DType type);
 
 // g = dropout_out^T(dout) (the mask of out_site); dx = LayerNorm backward of g at x
 // (overwrites; may not alias dout); dx_dropped (may be null) = dropout_a^T(dx) for the branch that
@@ -94,13 +103,15 @@ void layernorm_forward(void* out, void* sum, float* mean, float* rstd, const voi
 // second read of N x C; the caller then skips that layer's bias sum.
 // scratch: layernorm_backward_scratch_floats(N, C): the packed kernel's blocks take fewer than
 // kColumnReduceChunk rows each when N is small (so a short batch fills the GPU), up to
-// kLayerNormMaxPartials blocks of 3C partial sums.
+// kLayerNormMaxPartials blocks of 3C partial sums. a_keep_bits: what layernorm_forward recorded for
+// a_site with the same N, C and type when it returned true (may be null: the mask is drawn again;
+// the scalar kernel always draws it).
 constexpr int kLayerNormMaxPartials = 1024;
 size_t layernorm_backward_scratch_floats(int64_t N, int C);
 void layernorm_backward(void* dx, void* dx_dropped, float* dgamma, float* dbeta, float* dbias_dropped,
                         const void* dout, const void* x, const float* mean, const float* rstd, const float* gamma,
                         DType type, int N, int C, const DropoutSite& a_site, const DropoutSite& out_site,
-                        float* scratch, cudaStream_t stream);
+                        float* scratch, cudaStream_t stream, const uint32_t* a_keep_bits = nullptr);
 
 // ---- activations (kernels/activations.cu; CPU twin kernels/cpu/activations.h) -------------------
 // Exact erf GELU and tanh, fp32 math. out/dinp may alias inputs as on the CPU.

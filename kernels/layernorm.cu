@@ -22,7 +22,8 @@
 //   packed  lane l owns 16-byte packs l, l + 32, ... (8 bf16/fp16 or 4 fp32 columns each; needs
 //           C % pack == 0 and 16-byte aligned pointers); one Philox call per four elements (the
 //           pack starts at a multiple of 4, so philox.h's word e % 4 is the pack's j-th word);
-//           the backward block owns kColumnReduceChunk rows (8 warps, rows w, w + 8, ...), keeps
+//           the backward block owns up to kColumnReduceChunk rows (backward_rows_per_block: the
+//           rows spread evenly over the resident blocks; 8 warps, rows w, w + 8, ...), keeps
 //           per-warp g * xhat and g column sums in shared memory across its rows, adds the 8
 //           warps' sums in warp order and writes partial[block, 2C]; column_reduce's finish
 //           kernel then adds the blocks in order. With dbias_dropped a third per-warp slice sums
@@ -162,10 +163,29 @@ struct LayerNormParamGrad {
 
 // ---- packed variant ------------------------------------------------------------------------------
 
+// dropout_pack's draw (same Philox words, same comparison, same product) that also sets bit
+// `bit + k` of `bits` for each kept element k, so the second pass over a row can re-apply the mask
+// from one register instead of a second Philox call or 24 fp32 registers of the dropped values.
+template <int kN>
+__device__ __forceinline__ void dropout_pack_bits(const DropoutSite& site, int64_t first, float (&x)[kN], float scale,
+                                                  uint32_t& bits, int bit) {
+#pragma unroll
+  for (int g = 0; g < kN / 4; ++g) {
+    const Philox4x32 words = dropout_words(site, static_cast<uint64_t>(first >> 2) + g);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const bool keep = uniform_from_word(words.v[j]) >= site.p;
+      x[4 * g + j] = keep ? x[4 * g + j] * scale : 0.0f;
+      bits |= static_cast<uint32_t>(keep) << (bit + 4 * g + j);
+    }
+  }
+}
+
 template <typename T, int kChunks>
 __global__ void layernorm_forward_packed_kernel(T* out, T* sum, float* mean_out, float* rstd_out, const T* a,
                                                 const T* b, const float* gamma, const float* beta, int N, int C,
-                                                float eps, DropoutSite a_site, DropoutSite out_site) {
+                                                float eps, DropoutSite a_site, DropoutSite out_site,
+                                                uint32_t* a_keep_bits) {
   constexpr int V = kPack<T>;
   const int lane = threadIdx.x & 31;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + (threadIdx.x >> 5);
@@ -187,12 +207,17 @@ __global__ void layernorm_forward_packed_kernel(T* out, T* sum, float* mean_out,
     }
   }
   float total = 0.0f;
+  const bool record = a_keep_bits != nullptr && a_site.p > 0.0f;
+  uint32_t keep_bits = 0;
 #pragma unroll
   for (int i = 0; i < kChunks; ++i) {
     const int j = lane + i * 32;
     if (j < packs) {
       const int64_t e = base + static_cast<int64_t>(j) * V;
-      dropout_pack(a_site, e, xs[i], a_scale);
+      if (record)
+        dropout_pack_bits(a_site, e, xs[i], a_scale, keep_bits, i * V);
+      else
+        dropout_pack(a_site, e, xs[i], a_scale);
       if (b) {
         Pack<T> stored;
 #pragma unroll
@@ -233,6 +258,7 @@ __global__ void layernorm_forward_packed_kernel(T* out, T* sum, float* mean_out,
       store_pack(out + base + c, y);
     }
   }
+  if (record) a_keep_bits[row * 32 + lane] = keep_bits;
   if (lane == 0) {
     mean_out[row] = mean;
     rstd_out[row] = rstd;
@@ -262,24 +288,6 @@ template <>
 __device__ __forceinline__ float unpack<__half>(const uint4& r, int v) {
   const uint32_t w = word_of(r, v >> 1);
   return __half2float(__ushort_as_half(static_cast<unsigned short>(v & 1 ? w >> 16 : w & 0xffffu)));
-}
-
-// dropout_pack's draw (same Philox words, same comparison, same product) that also sets bit
-// `bit + k` of `bits` for each kept element k, so the second pass over a row can re-apply the mask
-// from one register instead of a second Philox call or 24 fp32 registers of the dropped values.
-template <int kN>
-__device__ __forceinline__ void dropout_pack_bits(const DropoutSite& site, int64_t first, float (&x)[kN], float scale,
-                                                  uint32_t& bits, int bit) {
-#pragma unroll
-  for (int g = 0; g < kN / 4; ++g) {
-    const Philox4x32 words = dropout_words(site, static_cast<uint64_t>(first >> 2) + g);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const bool keep = uniform_from_word(words.v[j]) >= site.p;
-      x[4 * g + j] = keep ? x[4 * g + j] * scale : 0.0f;
-      bits |= static_cast<uint32_t>(keep) << (bit + 4 * g + j);
-    }
-  }
 }
 
 // Registers of the packed backward (sm_90, bf16, C = 768: 190 with the row in fp32 and the
@@ -319,10 +327,11 @@ constexpr size_t kBackwardSmemBytes =
 // the two row sums; (2) after the warp reductions, g and xhat again (from the packed row, the
 // out-dropout mask from keep bits) -> dx, dx_dropped (and its column sums). Each column sum adds
 // the warp's rows in row order, then the 8 warps in warp order: fixed, as before.
-template <typename T, int kChunks, bool kBias>
+template <typename T, int kChunks, bool kBias, bool kKeepBits>
 __global__ void __launch_bounds__(256, kBackwardMinBlocks<T, kChunks>) layernorm_backward_packed_kernel(
     T* dx, T* dx_dropped, float* partial, const T* dout, const T* x, const float* mean, const float* rstd,
-    const float* gamma, int N, int C, int rows_per_block, DropoutSite a_site, DropoutSite out_site) {
+    const float* gamma, int N, int C, int rows_per_block, DropoutSite a_site, DropoutSite out_site,
+    const uint32_t* a_keep_bits) {
   constexpr int V = kPack<T>, H = V / 4;  // H float4 halves per pack
   constexpr bool kPrefetch = kBackwardPrefetch<T, kChunks>;
   constexpr int kLaneFloats = kBackwardLaneFloats<T, kChunks>;
@@ -349,6 +358,9 @@ __global__ void __launch_bounds__(256, kBackwardMinBlocks<T, kChunks>) layernorm
   // (row's lane start) + i * 32 packs: one 64-bit add per tensor and row, immediates per chunk.
   uint4 next_d[kChunks], next_x[kChunks];
   float next_mu = 0.0f, next_rs = 0.0f;
+  uint32_t next_a_bits = 0;
+  // kKeepBits: a_site's mask from the forward's bits (a_keep_bits), no Philox draw for it here.
+  const bool a_from_bits = kKeepBits && a_site.p > 0.0f;
 #pragma unroll
   for (int i = 0; i < kChunks; ++i) next_d[i] = next_x[i] = make_uint4(0u, 0u, 0u, 0u);
   const auto load_row = [&](int64_t row) {
@@ -357,6 +369,7 @@ __global__ void __launch_bounds__(256, kBackwardMinBlocks<T, kChunks>) layernorm
     const uint4* xp = reinterpret_cast<const uint4*>(x + start);
     next_mu = mean[row];
     next_rs = rstd[row];
+    if (a_from_bits) next_a_bits = a_keep_bits[row * 32 + lane];
 #pragma unroll
     for (int i = 0; i < kChunks; ++i) {
       if (lane + i * 32 < packs) {
@@ -374,6 +387,7 @@ __global__ void __launch_bounds__(256, kBackwardMinBlocks<T, kChunks>) layernorm
 #pragma unroll
     for (int i = 0; i < kChunks; ++i) d[i] = next_d[i], xv[i] = next_x[i];
     const float mu = next_mu, rs = next_rs;
+    const uint32_t a_bits = next_a_bits;
     // Issued before this row's stores: the compiler may not move a load above a store that
     // might alias it, so this is the only place the next row's loads can overlap this row.
     if (kPrefetch && row + kRowsPerBlock < end) load_row(row + kRowsPerBlock);
@@ -424,7 +438,14 @@ __global__ void __launch_bounds__(256, kBackwardMinBlocks<T, kChunks>) layernorm
         }
         store_pack(dx_lane + i * 32 * V, dd);
         if (dx_dropped) {
-          dropout_pack(a_site, start + i * 32 * V, dd, a_scale);
+          if constexpr (kKeepBits) {  // the forward's decisions, applied as dropout_pack applies them
+            if (a_from_bits) {
+#pragma unroll
+              for (int v = 0; v < V; ++v) dd[v] = (a_bits >> (i * V + v)) & 1u ? dd[v] * a_scale : 0.0f;
+            }
+          } else {
+            dropout_pack(a_site, start + i * 32 * V, dd, a_scale);
+          }
           if constexpr (kBias) {
             // Sum what is stored: the rounded values, as linear_backward_bias would read them.
             Pack<T> stored;
@@ -497,19 +518,25 @@ void opt_in_shared_memory(Kernel kernel, size_t smem) {
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
 }
 
-// Rows per block of the packed backward: kColumnReduceChunk (128) when that makes at least one
-// block per SM, else halved (down to 16) until it does, so a short batch (a Yelp-length batch has
-// ~11K rows: 90 blocks of 128 on 132 SMs) still fills the GPU. Not more: each block has a fixed
-// cost (zeroing and adding its shared-memory column sums, one more partial row for the finish), and
-// 64-row blocks at 32K rows measured 0.120 ms per call against 0.101 with 128 (H200, bf16, C = 768).
-// The blocks never exceed kLayerNormMaxPartials, which layernorm_backward_scratch_floats allows for.
-int backward_rows_per_block(int N) {
+// Rows per block of the packed backward: the rows spread evenly over every resident block slot
+// (SMs x blocks_per_sm), in as few waves of such blocks as keep a block at most kColumnReduceChunk
+// (128) rows and at least 16. Every SM then does the same share of the rows: a Yelp-length batch of
+// ~11K rows is 264 blocks of 43 rows on an H200 (132 SMs, 2 blocks each), where halving 128 until
+// the blocks covered the SMs gave 176 blocks of 64, a second block on only 44 of the SMs. Not
+// smaller: each block has a fixed cost (zeroing and adding its shared-memory column sums, one more
+// partial row for the finish), and 64-row blocks at 32K rows measured 0.120 ms per call against
+// 0.101 with 128 (H200, bf16, C = 768). The blocks never exceed the scratch's partial rows,
+// max(ceil(N / 128), kLayerNormMaxPartials) (layernorm_backward_scratch_floats).
+int backward_rows_per_block(int N, int blocks_per_sm) {
   int device = 0, sms = 0;  // the current device's, asked per call (two host queries, no sync)
   CUDA_CHECK(cudaGetDevice(&device));
   CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  int rows = kColumnReduceChunk;
-  while (rows > 16 && ceil_div(N, rows) < sms && ceil_div(N, rows / 2) <= kLayerNormMaxPartials) rows /= 2;
-  return rows;
+  const int64_t slots = static_cast<int64_t>(sms) * std::max(1, blocks_per_sm);
+  const int64_t waves = std::max<int64_t>(1, ceil_div(static_cast<int64_t>(N), slots * kColumnReduceChunk));
+  const int64_t blocks = std::min<int64_t>(waves * slots, ceil_div(static_cast<int64_t>(N), 16));
+  if (blocks > std::max<int64_t>(ceil_div(static_cast<int64_t>(N), kColumnReduceChunk), kLayerNormMaxPartials))
+    return kColumnReduceChunk;
+  return static_cast<int>(ceil_div(static_cast<int64_t>(N), blocks));
 }
 
 // Whether the backward with the third (dbias) slice runs on the current device, and with as many
@@ -528,8 +555,8 @@ bool fused_bias_fits_device() {
   if (device < kDevices) {
     if (const int d = decided[device].load(std::memory_order_relaxed)) return d == 1;
   }
-  const auto fused = layernorm_backward_packed_kernel<T, K, true>;
-  const auto plain = layernorm_backward_packed_kernel<T, K, false>;
+  const auto fused = layernorm_backward_packed_kernel<T, K, true, false>;
+  const auto plain = layernorm_backward_packed_kernel<T, K, false, false>;
   constexpr size_t kFusedSmem = kBackwardSmemBytes<T, K, true>, kPlainSmem = kBackwardSmemBytes<T, K, false>;
   int optin = 0;
   CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
@@ -564,20 +591,29 @@ void check_width(int C) {
 
 }  // namespace
 
-void layernorm_forward(void* out, void* sum, float* mean, float* rstd, const void* a, const void* b,
+size_t layernorm_keep_bits_words(int64_t N, int C, DType type) {
+  bool packed = false;
+  LLMQS_DISPATCH_DTYPE(type, { packed = kernel_variants().packed_layernorm && C % kPack<scalar_t> == 0; });
+  return packed && C <= 32 * kMaxPerLane ? static_cast<size_t>(N) * 32 : 0;
+}
+
+bool layernorm_forward(void* out, void* sum, float* mean, float* rstd, const void* a, const void* b,
                        const float* gamma, const float* beta, DType type, int N, int C, float eps,
-                       const DropoutSite& a_site, const DropoutSite& out_site, cudaStream_t stream) {
-  if (N <= 0) return;
+                       const DropoutSite& a_site, const DropoutSite& out_site, cudaStream_t stream,
+                       uint32_t* a_keep_bits) {
+  if (N <= 0) return false;
   check_width(C);
+  bool recorded = false;
   LLMQS_DISPATCH_DTYPE(type, {
     if (packed_fits<scalar_t>(C, {out, sum, a, b, gamma, beta})) {
       with_chunks<scalar_t>(C, [&](auto chunks) {
         layernorm_forward_packed_kernel<scalar_t, decltype(chunks)::value>
             <<<ceil_div(N, kRowsPerBlock), 32 * kRowsPerBlock, 0, stream>>>(
                 static_cast<scalar_t*>(out), static_cast<scalar_t*>(sum), mean, rstd, static_cast<const scalar_t*>(a),
-                static_cast<const scalar_t*>(b), gamma, beta, N, C, eps, a_site, out_site);
+                static_cast<const scalar_t*>(b), gamma, beta, N, C, eps, a_site, out_site, a_keep_bits);
       });
       CUDA_CHECK_LAUNCH("layernorm_forward_packed_kernel");
+      recorded = a_keep_bits != nullptr;
     } else {
       layernorm_forward_kernel<scalar_t><<<ceil_div(N, kRowsPerBlock), 32 * kRowsPerBlock, 0, stream>>>(
           static_cast<scalar_t*>(out), static_cast<scalar_t*>(sum), mean, rstd, static_cast<const scalar_t*>(a),
@@ -585,12 +621,13 @@ void layernorm_forward(void* out, void* sum, float* mean, float* rstd, const voi
       CUDA_CHECK_LAUNCH("layernorm_forward_kernel");
     }
   });
+  return recorded;
 }
 
 void layernorm_backward(void* dx, void* dx_dropped, float* dgamma, float* dbeta, float* dbias_dropped,
                         const void* dout, const void* x, const float* mean, const float* rstd, const float* gamma,
                         DType type, int N, int C, const DropoutSite& a_site, const DropoutSite& out_site,
-                        float* scratch, cudaStream_t stream) {
+                        float* scratch, cudaStream_t stream, const uint32_t* a_keep_bits) {
   if (N <= 0) return;
   check_width(C);
   if (dbias_dropped && !dx_dropped)
@@ -599,24 +636,34 @@ void layernorm_backward(void* dx, void* dx_dropped, float* dgamma, float* dbeta,
     if (packed_fits<scalar_t>(C, {dx, dx_dropped, dout, x, gamma})) {
       // scratch holds layernorm_backward_scratch_floats(N, C): per block one 2C row (dgamma | dbeta),
       // then [blocks x C] for dbias_dropped when fused.
-      const int rows_per_block = backward_rows_per_block(N);
-      const unsigned blocks = ceil_div(N, rows_per_block);
+      unsigned blocks = 0;
       bool bias_fused = false;
       with_chunks<scalar_t>(C, [&](auto chunks) {
         constexpr int K = decltype(chunks)::value;
+        const int rows_per_block = backward_rows_per_block(N, kBackwardMinBlocks<scalar_t, K>);
+        blocks = ceil_div(N, rows_per_block);
         const auto launch = [&](auto kernel, size_t smem) {
           opt_in_shared_memory(kernel, smem);
           kernel<<<blocks, 32 * kRowsPerBlock, smem, stream>>>(
               static_cast<scalar_t*>(dx), static_cast<scalar_t*>(dx_dropped), scratch,
               static_cast<const scalar_t*>(dout), static_cast<const scalar_t*>(x), mean, rstd, gamma, N, C,
-              rows_per_block, a_site, out_site);
+              rows_per_block, a_site, out_site, a_keep_bits);
         };
+        const bool bits = a_keep_bits != nullptr;
         if (dbias_dropped && fused_bias_fits_device<scalar_t, K>()) {
-          launch(layernorm_backward_packed_kernel<scalar_t, K, true>, kBackwardSmemBytes<scalar_t, K, true>);
+          constexpr size_t smem = kBackwardSmemBytes<scalar_t, K, true>;
+          if (bits)
+            launch(layernorm_backward_packed_kernel<scalar_t, K, true, true>, smem);
+          else
+            launch(layernorm_backward_packed_kernel<scalar_t, K, true, false>, smem);
           bias_fused = true;
         } else {
           // Two slices: at most 64 KiB (C <= 1024), which every supported device (sm_75+) allows.
-          launch(layernorm_backward_packed_kernel<scalar_t, K, false>, kBackwardSmemBytes<scalar_t, K, false>);
+          constexpr size_t smem = kBackwardSmemBytes<scalar_t, K, false>;
+          if (bits)
+            launch(layernorm_backward_packed_kernel<scalar_t, K, false, true>, smem);
+          else
+            launch(layernorm_backward_packed_kernel<scalar_t, K, false, false>, smem);
         }
       });
       CUDA_CHECK_LAUNCH("layernorm_backward_packed_kernel");

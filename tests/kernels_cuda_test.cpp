@@ -426,6 +426,43 @@ TEST_P(CudaKernels, ResidualDropoutLayerNormMatchesCpu) {
         for (int c = 0; c < C; ++c) dbias_sum[c] += dx_dropped_got[size_t(n) * C + c];
       const std::vector<float> dbias_ref(dbias_sum.begin(), dbias_sum.end());
       expect_close(ddbias.get(), dbias_ref, 1e-5, "dbias_dropped " + what);
+
+      // The forward's recorded keep bits (where the packed kernels run) change nothing: the same
+      // forward outputs, and a backward that re-applies the mask from them gives the same bits as
+      // the one that draws it again.
+      const size_t keep_words = cu::layernorm_keep_bits_words(N, C, type);
+      EXPECT_EQ(keep_words, packed && C % (16 / int(llmqs::kernels::dtype_bytes(type))) == 0 ? size_t(N) * 32 : 0u) << what;
+      if (keep_words == 0) {  // the scalar kernels: nothing recorded, nothing written
+        DeviceArray bits(size_t(N) * 32, DType::kF32);
+        bits.poison();
+        const auto before = bits.get();
+        EXPECT_FALSE(cu::layernorm_forward(out.ptr(), sum.ptr(), mean.f32(), rstd.f32(), da.ptr(), db.ptr(), dg.f32(),
+                                           dbeta.f32(), type, N, C, 1e-12f, a_site, none, nullptr,
+                                           static_cast<uint32_t*>(bits.ptr())))
+            << what;
+        CUDA_CHECK(cudaDeviceSynchronize());
+        const auto after = bits.get();
+        EXPECT_EQ(std::memcmp(before.data(), after.data(), before.size() * sizeof(float)), 0) << what;
+        continue;
+      }
+      DeviceArray keep(keep_words, DType::kF32), out2(a.size(), type), sum2(a.size(), type), mean2(N, DType::kF32),
+          rstd2(N, DType::kF32);
+      keep.poison();
+      uint32_t* keep_bits = static_cast<uint32_t*>(keep.ptr());
+      EXPECT_TRUE(cu::layernorm_forward(out2.ptr(), sum2.ptr(), mean2.f32(), rstd2.f32(), da.ptr(), db.ptr(), dg.f32(),
+                                        dbeta.f32(), type, N, C, 1e-12f, a_site, none, nullptr, keep_bits))
+          << what;
+      DeviceArray dgamma2(random_vector(C, 7)), dbeta2(random_vector(C, 8)), dbias2(dbias_start),
+          dx2(x.size(), type), dx_dropped2(x.size(), type);
+      cu::layernorm_backward(dx2.ptr(), dx_dropped2.ptr(), dgamma2.f32(), dbeta2.f32(), dbias2.f32(), ddout.ptr(),
+                             dsum.ptr(), mean.f32(), rstd.f32(), dg.f32(), type, N, C, a_site, none, scratch.f32(),
+                             nullptr, keep_bits);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      EXPECT_TRUE(out2.get() == out.get() && sum2.get() == x && mean2.get() == mean.get() && rstd2.get() == rstd.get())
+          << "forward with keep bits " << what;
+      EXPECT_TRUE(dx2.get() == dx.get() && dx_dropped2.get() == dx_dropped_got) << "dx with keep bits " << what;
+      EXPECT_TRUE(dgamma2.get() == ddgamma.get() && dbeta2.get() == ddbeta.get() && dbias2.get() == ddbias.get())
+          << "parameter gradients with keep bits " << what;
     }
   }
 }
