@@ -13,6 +13,7 @@
 #include "core/cpu_backend.h"
 #include "core/gradient_reduction.h"
 #include "core/parameters.h"
+#include "tests/support/tiny_bert.h"
 
 namespace {
 
@@ -52,28 +53,8 @@ class RecordingCommunicator final : public llmqs::comm::Communicator {
   bool overlaps_;
 };
 
-BertConfig tiny_config() {
-  BertConfig c;
-  c.vocab_size = 40;
-  c.hidden_size = 16;
-  c.num_hidden_layers = 3;
-  c.num_attention_heads = 2;
-  c.intermediate_size = 32;
-  c.max_position_embeddings = 16;
-  c.num_labels = 3;
-  return c;
-}
-
-llmqs::data::Batch tiny_batch() {
-  llmqs::data::Batch b;
-  b.rows = 2;
-  b.seq_len = 6;
-  b.lengths = {6, 3};
-  b.labels = {1, 2};
-  b.input_ids = {2, 17, 33, 4, 9, 3,  //
-                 2, 11, 3, 0, 0, 0};
-  return b;
-}
+BertConfig tiny_config() { return llmqs::test_support::tiny_bert_config(); }
+llmqs::data::Batch tiny_batch() { return llmqs::test_support::tiny_bert_batch(); }
 
 // A CPU backend on the tiny config with every parameter at 0.01.
 std::unique_ptr<llmqs::core::Backend> tiny_backend() {

@@ -11,6 +11,7 @@
 #include "core/cpu_backend.h"
 #include "core/optimizer_shard.h"
 #include "core/parameters.h"
+#include "tests/support/tiny_bert.h"
 
 namespace {
 
@@ -49,35 +50,12 @@ TEST(OptimizerShard, ShardsTileThePaddedBufferInAlignedEqualBlocks) {
   EXPECT_THROW(OptimizerShard::of_rank(10, 0, 0), std::invalid_argument);
 }
 
-BertConfig tiny_config() {
-  BertConfig c;
-  c.vocab_size = 40;
-  c.hidden_size = 16;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 2;
-  c.intermediate_size = 32;
-  c.max_position_embeddings = 16;
-  c.num_labels = 3;
-  return c;
-}
-
-llmqs::data::Batch tiny_batch() {
-  llmqs::data::Batch b;
-  b.rows = 2;
-  b.seq_len = 6;
-  b.lengths = {6, 4};
-  b.labels = {1, 2};
-  b.input_ids = {2, 17, 33, 4, 9, 3,  //
-                 2, 11, 25, 3, 0, 0};
-  return b;
-}
-
 // One backend per shard of `world` and one that owns everything, all from the same parameters and
 // moments, take the same gradients and one AdamW step (weight decay on): each shard's backend
 // matches the whole one bitwise on the parameters and moments it owns and leaves the rest alone;
 // the shards' gradient sums of squares add up to the whole one's.
 TEST(CpuBackendShard, EachShardUpdatesItsOwnParametersExactlyAsTheWholeBackend) {
-  const BertConfig config = tiny_config();
+  const BertConfig config = llmqs::test_support::tiny_bert_config();
   const size_t numel = ParameterLayout::for_bert(config).total_numel();
   std::vector<float> params(numel), m(numel), v(numel);
   for (size_t i = 0; i < numel; ++i) {
@@ -97,7 +75,7 @@ TEST(CpuBackendShard, EachShardUpdatesItsOwnParametersExactlyAsTheWholeBackend) 
     backend.set_parameters(params.data());
     backend.set_optimizer_state(m.data(), v.data());
     backend.zero_gradients();
-    backend.forward_backward(tiny_batch(), 0.5f, key);
+    backend.forward_backward(llmqs::test_support::tiny_bert_batch(), 0.5f, key);
     const double sq = backend.gradient_sq_norm();
     backend.adamw_step(hyper);
     return sq;

@@ -463,6 +463,19 @@ TEST_P(CudaKernels, ResidualDropoutLayerNormMatchesCpu) {
       EXPECT_TRUE(dx2.get() == dx.get() && dx_dropped2.get() == dx_dropped_got) << "dx with keep bits " << what;
       EXPECT_TRUE(dgamma2.get() == ddgamma.get() && dbeta2.get() == ddbeta.get() && dbias2.get() == ddbias.get())
           << "parameter gradients with keep bits " << what;
+      // The kernel without the fused bias slice (what a T4 runs at C = 768), with and without the bits.
+      std::vector<std::vector<float>> plain;
+      for (const uint32_t* bits : {static_cast<const uint32_t*>(nullptr), static_cast<const uint32_t*>(keep_bits)}) {
+        DeviceArray g3(random_vector(C, 7)), b3(random_vector(C, 8)), dx3(x.size(), type), dxd3(x.size(), type);
+        cu::layernorm_backward(dx3.ptr(), dxd3.ptr(), g3.f32(), b3.f32(), nullptr, ddout.ptr(), dsum.ptr(), mean.f32(),
+                               rstd.f32(), dg.f32(), type, N, C, a_site, none, scratch.f32(), nullptr, bits);
+        CUDA_CHECK(cudaDeviceSynchronize());
+        std::vector<float> all = dx3.get();
+        for (const auto& part : {dxd3.get(), g3.get(), b3.get()}) all.insert(all.end(), part.begin(), part.end());
+        plain.push_back(std::move(all));
+      }
+      EXPECT_TRUE(plain[0] == plain[1]) << "backward without the bias slice, with keep bits " << what;
+      EXPECT_EQ(std::memcmp(plain[0].data(), dx.get().data(), x.size() * sizeof(float)), 0) << what;
     }
   }
 }
