@@ -39,7 +39,9 @@ TEST(OptimizerShard, ShardsTileThePaddedBufferInAlignedEqualBlocks) {
           EXPECT_FALSE(s.sharded());
         }
         EXPECT_LE(s.owned_numel(), s.count);
-        if (s.owned_numel() > 0) EXPECT_LE(s.owned_end(), numel);  // a shard past the end owns nothing
+        if (s.owned_numel() > 0) {  // a shard past the end owns nothing
+          EXPECT_LE(s.owned_end(), numel);
+        }
         next = s.begin + s.count;
         owned += s.owned_numel();
       }
