@@ -986,9 +986,11 @@ std::string Trainer::save_checkpoint() {
       const size_t numel = backend_->layout().total_numel();
       checkpoint.parameters.resize(numel);
       backend_->get_parameters(checkpoint.parameters.data());
-      if (shard.sharded()) {
-        checkpoint.adam_m.assign(adam_m.begin(), adam_m.begin() + static_cast<std::ptrdiff_t>(numel));
-        checkpoint.adam_v.assign(adam_v.begin(), adam_v.begin() + static_cast<std::ptrdiff_t>(numel));
+      if (shard.sharded()) {  // the gathered moments themselves, their padding cut off (no copy)
+        checkpoint.adam_m = std::move(adam_m);
+        checkpoint.adam_v = std::move(adam_v);
+        checkpoint.adam_m.resize(numel);
+        checkpoint.adam_v.resize(numel);
       } else {
         checkpoint.adam_m.resize(numel);
         checkpoint.adam_v.resize(numel);
