@@ -62,6 +62,7 @@ trainer_refusal(unknown_scheduler lr_scheduler_type ${_valid} --lr_scheduler_typ
 trainer_refusal(max_steps_0 max_steps ${_valid} --max_steps 0)
 trainer_refusal(unknown_eval_strategy eval_strategy ${_valid} --eval_strategy epochs)
 trainer_refusal(adam_beta2_1 adam_beta2 ${_valid} --adam_beta2 1)
+trainer_refusal(zero_stage_2 zero_stage ${_valid} --zero_stage 2)
 trainer_refusal(unknown_device device --max_length 16 --num_attention_heads 2 --num_labels 2 --device tpu)
 trainer_refusal(fp16_on_cpu precision ${_valid} --precision fp16)
 trainer_refusal(num_labels_1 num_labels --max_length 16 --num_attention_heads 2 --num_labels 1 --device cpu)
