@@ -103,6 +103,7 @@ class Backend {
  protected:
   // Backends call this after issuing the backward of encoder layer l (from the last down to 0)
   // and after the embeddings' (l = -1).
+  bool has_gradient_ready_hook() const { return static_cast<bool>(gradient_ready_); }
   void backward_finished_layer(int l) {
     if (!gradient_ready_) return;
     const auto& ranges = layout().backward_ranges();

@@ -10,6 +10,7 @@
 // communicator first; the backend uses the current device.
 // The forward mirrors core/bert_cpu_model.h kernel for kernel, with the same dropout sites.
 #pragma once
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -28,6 +29,12 @@ std::string resolve_cuda_precision(const std::string& precision, int device);
 // memory); the default (numel 0) is the whole model.
 std::unique_ptr<Backend> make_cuda_backend(const BertConfig& config, const std::string& precision, int max_rows,
                                            int max_seq_len, const OptimizerShard& shard = {});
+
+// How many training micro-batches `backend` (a make_cuda_backend one; 0 for any other) ran by
+// replaying captured CUDA graphs instead of launching kernel by kernel: a shape's first
+// micro-batch is eager, later ones replay unless LLMQS_CUDA_GRAPHS=0, LLMQS_CUDA_PROFILE or a
+// gradient-ready hook is set.
+int64_t cuda_graph_replays(const Backend& backend);
 
 // Whether the backend's cuBLASLt products are tuned (kernels/matmul_cublaslt.h): yes unless
 // LLMQS_MATMUL_TUNING=0. Tools that build a MatmulContext "as the backend does" ask here.

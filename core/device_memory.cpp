@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "core/parameters.h"
+#include "kernels/philox.h"
 
 namespace llmqs::core {
 
@@ -118,6 +119,7 @@ DeviceMemoryPlan plan_device_memory(const BertConfig& config, int max_rows, int 
   plan.group_token = p.take(N * 4);
   plan.group_offset = p.take((N + 1) * 4);
   plan.group_position = p.take(N * 4);
+  plan.dropout_key = p.take(kernels::kDropoutKeyWords * 4);
 
   plan.emb_sum = p.take(N * C * act);
   plan.emb_mean = p.take(N * 4);

@@ -39,8 +39,9 @@ struct DeviceMemoryPlan {
   // params_low hold shard.padded_numel elements, adam_m and adam_v shard.count (ZeRO-1: 1/world).
   size_t params, grads, adam_m, adam_v, params_low, grad_norm_partial, adamw_decay_mask;
   OptimizerShard shard;
-  // batch inputs: ids, lengths, labels, and the word-embedding backward's token groups
-  size_t ids, lengths, labels, group_token, group_offset, group_position;
+  // batch inputs: ids, lengths, labels, and the word-embedding backward's token groups; the
+  // micro-batch's dropout key (kernels::kDropoutKeyWords words, DropoutSite::key_words)
+  size_t ids, lengths, labels, group_token, group_offset, group_position, dropout_key;
   // embeddings and encoder
   size_t emb_sum, emb_mean, emb_rstd, h0;
   std::vector<LayerDeviceBuffers> layers;

@@ -59,6 +59,7 @@ __device__ __forceinline__ float keep_factor(const DropoutSite& site, size_t ele
 template <typename T>
 __global__ void masked_softmax_kernel(T* probs, T* dropped, const float* scores, const int32_t* lengths, int heads,
                                       int seq, size_t num_query_rows, DropoutSite site) {
+  site = resolve_site(site);  // the live key under CUDA graphs
   const size_t qrow = static_cast<size_t>(blockIdx.x) * (blockDim.x / 32) + (threadIdx.x >> 5);
   if (qrow >= num_query_rows) return;
   const int lane = threadIdx.x & 31;
@@ -84,6 +85,7 @@ __global__ void masked_softmax_kernel(T* probs, T* dropped, const float* scores,
 
 template <typename T>
 __global__ void apply_dropout_kernel(T* dropped, const T* probs, int seq, size_t n, DropoutSite site) {
+  site = resolve_site(site);  // the live key under CUDA graphs
   const size_t index = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (index >= n) return;
   dropped[index] = from_float<T>(to_float(probs[index]) * keep_factor(site, index, 1.0f / (1.0f - site.p)));
@@ -93,6 +95,7 @@ __global__ void apply_dropout_kernel(T* dropped, const T* probs, int seq, size_t
 template <typename T>
 __global__ void masked_softmax_backward_kernel(T* ds, const float* dprobs, const T* probs, const int32_t* lengths,
                                                int heads, int seq, size_t num_query_rows, DropoutSite site) {
+  site = resolve_site(site);  // the live key under CUDA graphs
   const size_t qrow = static_cast<size_t>(blockIdx.x) * (blockDim.x / 32) + (threadIdx.x >> 5);
   if (qrow >= num_query_rows) return;
   const int lane = threadIdx.x & 31;

@@ -84,6 +84,20 @@ __device__ __forceinline__ void load_floats(const float* p, float (&out)[kN]) {
   }
 }
 
+// The site a kernel draws with: its own fields, or the key words in device memory when the site
+// points at them (DropoutSite::key_words; CUDA graphs). Called once at kernel entry.
+__device__ __forceinline__ DropoutSite resolve_site(DropoutSite site) {
+  if (site.key_words != nullptr) {
+    const uint32_t* w = site.key_words;
+    site.seed = (uint64_t(w[1]) << 32) | w[0];
+    site.step = (uint64_t(w[3]) << 32) | w[2];
+    site.rank = w[4];
+    site.micro_step = w[5];
+    site.key_words = nullptr;
+  }
+  return site;
+}
+
 // Inverted dropout of kN consecutive elements first .. first + kN - 1 of a site's tensor, with
 // first % 4 == 0 and kN % 4 == 0: one Philox call per four elements, word j of the call for
 // element first + 4 g + j -- exactly dropout_keep's choice (philox.h), so masks match the CPU's.

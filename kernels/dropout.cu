@@ -14,6 +14,7 @@ namespace {
 
 template <typename T>
 __global__ void dropout_kernel(T* out, const T* inp, size_t n, DropoutSite site) {
+  site = resolve_site(site);  // the live key under CUDA graphs
   const size_t group = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const size_t first = group * 4;
   if (first >= n) return;

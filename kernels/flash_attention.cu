@@ -278,6 +278,7 @@ __host__ __device__ __forceinline__ int ds_pad(int seq) { return (seq + kTile - 
 // per Philox call). With seq % 8 == 0 each group of eight keys from a multiple of 8 is one call (4
 // per word, the fewest the layout allows); otherwise one call per key.
 __global__ void attention_dropout_mask_kernel(uint32_t* mask, size_t query_rows, int seq, int words, DropoutSite site) {
+  site = resolve_site(site);  // the live key under CUDA graphs
   const size_t index = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (index >= query_rows * words) return;
   const size_t row = index / words;

@@ -60,6 +60,8 @@ template <typename T>
 __global__ void layernorm_forward_kernel(T* out, T* sum, float* mean_out, float* rstd_out, const T* a, const T* b,
                                          const float* gamma, const float* beta, int N, int C, float eps,
                                          DropoutSite a_site, DropoutSite out_site) {
+  a_site = resolve_site(a_site);  // the live keys under CUDA graphs
+  out_site = resolve_site(out_site);
   const int lane = threadIdx.x & 31;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + (threadIdx.x >> 5);
   if (row >= N) return;
@@ -110,6 +112,8 @@ template <typename T>
 __global__ void layernorm_backward_kernel(T* dx, T* dx_dropped, const T* dout, const T* x, const float* mean,
                                           const float* rstd, const float* gamma, int N, int C, DropoutSite a_site,
                                           DropoutSite out_site) {
+  a_site = resolve_site(a_site);  // the live keys under CUDA graphs
+  out_site = resolve_site(out_site);
   const int lane = threadIdx.x & 31;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + (threadIdx.x >> 5);
   if (row >= N) return;
@@ -156,7 +160,8 @@ struct LayerNormParamGrad {
     const bool is_beta = col >= C;
     const int c = is_beta ? col - C : col;
     const int64_t e = r * C + c;
-    const float g = dropout_apply(out_site, e, to_float(dout[e]), out_scale);
+    // (resolved per element: this is the scalar validation path, LLMQS_LAYERNORM=scalar)
+    const float g = dropout_apply(resolve_site(out_site), e, to_float(dout[e]), out_scale);
     return is_beta ? g : g * (to_float(x[e]) - mean[r]) * rstd[r];
   }
 };
@@ -186,6 +191,8 @@ __global__ void layernorm_forward_packed_kernel(T* out, T* sum, float* mean_out,
                                                 const T* b, const float* gamma, const float* beta, int N, int C,
                                                 float eps, DropoutSite a_site, DropoutSite out_site,
                                                 uint32_t* a_keep_bits) {
+  a_site = resolve_site(a_site);  // the live keys under CUDA graphs
+  out_site = resolve_site(out_site);
   constexpr int V = kPack<T>;
   const int lane = threadIdx.x & 31;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + (threadIdx.x >> 5);
@@ -332,6 +339,8 @@ __global__ void __launch_bounds__(256, kBackwardMinBlocks<T, kChunks>) layernorm
     T* dx, T* dx_dropped, float* partial, const T* dout, const T* x, const float* mean, const float* rstd,
     const float* gamma, int N, int C, int rows_per_block, DropoutSite a_site, DropoutSite out_site,
     const uint32_t* a_keep_bits) {
+  a_site = resolve_site(a_site);  // the live keys under CUDA graphs
+  out_site = resolve_site(out_site);
   constexpr int V = kPack<T>, H = V / 4;  // H float4 halves per pack
   constexpr bool kPrefetch = kBackwardPrefetch<T, kChunks>;
   constexpr int kLaneFloats = kBackwardLaneFloats<T, kChunks>;

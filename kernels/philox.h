@@ -70,7 +70,23 @@ struct DropoutSite {
   uint32_t micro_step = 0;
   uint32_t tensor_id = 0;
   float p = 0.0f;
+  // CUDA only: when set, device memory holding the key words {seed low, seed high, step low, step
+  // high, rank, micro_step} (kDropoutKeyWords), which CUDA kernels read at entry in place of the
+  // four fields above (resolve_site in kernels/cuda_common.cuh). A kernel captured in a CUDA graph
+  // then draws each replay's masks from the key uploaded before it. Never set on the CPU.
+  const uint32_t* key_words = nullptr;
 };
+constexpr int kDropoutKeyWords = 6;
+
+// The key words of a site's seed, step, rank and micro_step, in key_words' order.
+inline void dropout_key_words(const DropoutSite& site, uint32_t (&words)[kDropoutKeyWords]) {
+  words[0] = static_cast<uint32_t>(site.seed);
+  words[1] = static_cast<uint32_t>(site.seed >> 32);
+  words[2] = static_cast<uint32_t>(site.step);
+  words[3] = static_cast<uint32_t>(site.step >> 32);
+  words[4] = site.rank;
+  words[5] = site.micro_step;
+}
 
 LLMQS_HOST_DEVICE float uniform_from_word(uint32_t word) {
   return static_cast<float>(word >> 8) * (1.0f / 16777216.0f);

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <cmath>
 #include <iostream>
 #include <random>
@@ -393,6 +394,79 @@ TEST(CudaBackend, EachShardUpdatesItsOwnParametersExactlyAsTheWholeBackend) {
       }
       EXPECT_NEAR(shard_sq, whole_sq, 1e-12 * whole_sq) << precision << " world " << world;
     }
+  }
+}
+
+// CUDA graphs (core/cuda_backend.cpp, StepGraphs): a shape's first training micro-batch runs
+// kernel by kernel, later ones replay graphs captured with that micro-batch's dropout keys, loss
+// weight and token groups. Against a backend with LLMQS_CUDA_GRAPHS=0, over two batch shapes
+// interleaved, gradient accumulation, AdamW steps and an evaluation in between: every loss,
+// gradient, parameter, moment and logit is bit-identical.
+TEST(CudaBackend, GraphReplayIsBitIdenticalToKernelByKernelLaunches) {
+  REQUIRE_CUDA();
+  auto same_bits = [](const std::vector<float>& a, const std::vector<float>& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+  };
+  for (const std::string precision : {"fp32", "bf16"}) {
+    if (precision == "bf16" && kernels::cuda::loaded_code_arch() < 800) continue;
+    const BertConfig c = precision == "bf16" ? tiny_fused_attention_config() : tiny_config();
+    if (precision == "bf16") ::setenv("LLMQS_ATTENTION", "fused", 1);
+    ::setenv("LLMQS_CUDA_GRAPHS", "0", 1);
+    auto eager = core::make_cuda_backend(c, precision, 4, 16);
+    ::unsetenv("LLMQS_CUDA_GRAPHS");
+    auto graphs = core::make_cuda_backend(c, precision, 4, 16);
+    ::unsetenv("LLMQS_ATTENTION");
+    const size_t numel = eager->layout().total_numel();
+    std::vector<float> params(numel);
+    core::init_bert_parameters(c, eager->layout(), 5, params.data());
+    eager->set_parameters(params.data());
+    graphs->set_parameters(params.data());
+    const data::Batch shapes[2] = {make_batch(c, 4, 16, 31), make_batch(c, 3, 12, 32)};
+    const data::Batch eval = make_batch(c, 4, 16, 33);
+    for (int step = 1; step <= 4; ++step) {
+      const std::string what = precision + " step " + std::to_string(step);
+      eager->zero_gradients();
+      graphs->zero_gradients();
+      for (int m = 0; m < 2; ++m) {
+        core::DropoutKey key;
+        key.seed = 77;
+        key.step = static_cast<uint64_t>(step);
+        key.micro_step = static_cast<uint32_t>(m);
+        const data::Batch& batch = shapes[(step + m) % 2];
+        const float weight = m == 0 ? 0.5f : 0.25f;
+        const core::BatchStats a = eager->forward_backward(batch, weight, key);
+        const core::BatchStats b = graphs->forward_backward(batch, weight, key);
+        EXPECT_EQ(a.loss_sum, b.loss_sum) << what << " micro " << m;
+        EXPECT_EQ(a.correct, b.correct) << what << " micro " << m;
+      }
+      std::vector<float> ga(numel), gb(numel);
+      eager->get_gradients(ga.data());
+      graphs->get_gradients(gb.data());
+      EXPECT_TRUE(same_bits(ga, gb)) << what << ": gradients";
+      EXPECT_EQ(eager->gradient_sq_norm(), graphs->gradient_sq_norm()) << what;
+      core::AdamWHyper h;
+      h.lr = 1e-3f;
+      h.weight_decay = 0.01f;
+      h.step = step;
+      eager->adamw_step(h);
+      graphs->adamw_step(h);
+      if (step == 2) {  // an evaluation (eager, dropout off) between training steps
+        std::vector<float> la(size_t(eval.rows) * c.num_labels), lb(la.size());
+        eager->forward(eval, la.data());
+        graphs->forward(eval, lb.data());
+        EXPECT_TRUE(same_bits(la, lb)) << what << ": eval logits";
+      }
+    }
+    std::vector<float> pa(numel), pb(numel), ma(numel), mb(numel), va(numel), vb(numel);
+    eager->get_parameters(pa.data());
+    graphs->get_parameters(pb.data());
+    eager->get_optimizer_state(ma.data(), va.data());
+    graphs->get_optimizer_state(mb.data(), vb.data());
+    EXPECT_TRUE(same_bits(pa, pb)) << precision << ": parameters";
+    EXPECT_TRUE(same_bits(ma, mb) && same_bits(va, vb)) << precision << ": AdamW moments";
+    // 8 micro-batches of two shapes: each shape's first is eager, the other 6 replay.
+    EXPECT_EQ(core::cuda_graph_replays(*graphs), 6) << precision;
+    EXPECT_EQ(core::cuda_graph_replays(*eager), 0) << precision;
   }
 }
 
