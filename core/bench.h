@@ -33,7 +33,7 @@ struct BenchConfig {
   int seq = 512;                       // padded width of a full batch (max_length)
   int batch = 64;                      // rows per step
   int steps = 20;                      // timed steps (yelp: at least the number of distinct batches)
-  int warmup = 10;                     // untimed steps first (yelp: likewise)
+  int warmup = 10;                     // untimed steps first (yelp: at least twice the distinct batches)
   std::string lengths = "full";        // full | yelp
   std::string padding = "max_length";  // max_length | longest | grouped (only with yelp lengths)
   double peak_tflops = 0.0;            // dense bf16 peak for MFU; 0 = measure an 8192^3 product
