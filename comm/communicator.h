@@ -48,8 +48,9 @@ class Communicator {
   virtual void all_reduce_sum_host(double* data, size_t count) = 0;
   virtual void all_reduce_sum_host(int64_t* data, size_t count) = 0;
   virtual void broadcast_host(void* data, size_t bytes, int root) = 0;
-  // In place over data[0, world x count): `root` receives every rank's block (as all_gather, to
-  // one rank); the other ranks' buffers are left as they are.
+  // Every rank's block of `count` floats to `root`: there, data holds world x count floats and
+  // receives rank r's block at r x count (its own in place, as all_gather does); on the other
+  // ranks data is their own block of `count` floats only (sent, left as it is).
   virtual void gather_host(float* data, size_t count, int root) = 0;
   virtual void barrier() = 0;
   // Called by the collective watchdog (core/trainer.h) from its own thread when a collective has

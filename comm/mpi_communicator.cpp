@@ -76,9 +76,7 @@ class MpiCommunicator final : public Communicator {
     if (rank_ == root)
       check_mpi(MPI_Gather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, data, n, MPI_FLOAT, root, MPI_COMM_WORLD), "MPI_Gather");
     else
-      check_mpi(MPI_Gather(data + count * static_cast<size_t>(rank_), n, MPI_FLOAT, nullptr, 0, MPI_DATATYPE_NULL, root,
-                           MPI_COMM_WORLD),
-                "MPI_Gather");
+      check_mpi(MPI_Gather(data, n, MPI_FLOAT, nullptr, 0, MPI_DATATYPE_NULL, root, MPI_COMM_WORLD), "MPI_Gather");
   }
   void broadcast(void* data, size_t bytes, int root) override { broadcast_host(data, bytes, root); }
   void all_reduce_sum_host(double* data, size_t count) override {

@@ -65,6 +65,9 @@ class Backend {
   // full numel-float arrays, get writes them there and leaves the other elements untouched.
   virtual void set_optimizer_state(const float* m_host, const float* v_host) = 0;
   virtual void get_optimizer_state(float* m_host, float* v_host) const = 0;
+  // The same owned moments packed: optimizer_shard().owned_numel() floats each, element
+  // shard.begin first (what a rank sends when a ZeRO-1 checkpoint gathers the moments).
+  virtual void get_owned_optimizer_state(float* m_owned, float* v_owned) const = 0;
   virtual void get_gradients(float* host) const = 0;
 
   virtual void zero_gradients() = 0;

@@ -42,6 +42,10 @@ class CpuBackend final : public Backend {
     std::copy(m_.begin(), m_.begin() + static_cast<std::ptrdiff_t>(shard_.owned_numel()), m_host + shard_.begin);
     std::copy(v_.begin(), v_.begin() + static_cast<std::ptrdiff_t>(shard_.owned_numel()), v_host + shard_.begin);
   }
+  void get_owned_optimizer_state(float* m_owned, float* v_owned) const override {
+    std::copy(m_.begin(), m_.begin() + static_cast<std::ptrdiff_t>(shard_.owned_numel()), m_owned);
+    std::copy(v_.begin(), v_.begin() + static_cast<std::ptrdiff_t>(shard_.owned_numel()), v_owned);
+  }
   void get_gradients(float* host) const override { std::memcpy(host, grads_.data(), bytes()); }
   void zero_gradients() override { std::fill(grads_.begin(), grads_.end(), 0.0f); }
 

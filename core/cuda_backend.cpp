@@ -342,6 +342,12 @@ class CudaBackend final : public Backend {
     CUDA_CHECK(cudaMemcpyAsync(v_host + plan_.shard.begin, arena_ + plan_.adam_v, owned, cudaMemcpyDeviceToHost, stream_));
     CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
+  void get_owned_optimizer_state(float* m_owned, float* v_owned) const override {
+    const size_t owned = plan_.shard.owned_numel() * sizeof(float);
+    CUDA_CHECK(cudaMemcpyAsync(m_owned, arena_ + plan_.adam_m, owned, cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaMemcpyAsync(v_owned, arena_ + plan_.adam_v, owned, cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
   void get_gradients(float* host) const override { download(host, plan_.grads); }
   void zero_gradients() override {
     CUDA_CHECK(cudaMemsetAsync(grads(), 0, plan_.shard.padded_numel * sizeof(float), stream_));

@@ -965,13 +965,17 @@ std::string Trainer::save_checkpoint() {
   last_saved_step_ = state_.global_step;
   // Every replica holds the same weights; rank 0 alone writes them, and tells the others whether
   // that worked, so a full disk stops every rank with one message instead of an abort. With
-  // ZeRO-1 each rank holds only its shard of the AdamW moments: rank 0 gathers them first.
+  // ZeRO-1 each rank holds only its shard of the AdamW moments: rank 0 gathers them first, into
+  // whole arrays; the other ranks send their shard from arrays of that size only.
   const OptimizerShard& shard = backend_->optimizer_shard();
   std::vector<float> adam_m, adam_v;
   if (shard.sharded()) {
-    adam_m.assign(shard.padded_numel, 0.0f);
-    adam_v.assign(shard.padded_numel, 0.0f);
-    backend_->get_optimizer_state(adam_m.data(), adam_v.data());
+    // Rank r's block starts at r x count = shard.begin; past owned_numel it is padding (zeros).
+    const size_t size = comm_.rank() == 0 ? shard.padded_numel : shard.count;
+    const size_t at = comm_.rank() == 0 ? shard.begin : 0;
+    adam_m.assign(size, 0.0f);
+    adam_v.assign(size, 0.0f);
+    backend_->get_owned_optimizer_state(adam_m.data() + at, adam_v.data() + at);
     watchdog_->enter("gathering the AdamW moments for a checkpoint (zero_stage 1)", state_.global_step);
     comm_.gather_host(adam_m.data(), shard.count, 0);
     comm_.gather_host(adam_v.data(), shard.count, 0);

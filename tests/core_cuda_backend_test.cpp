@@ -381,6 +381,10 @@ TEST(CudaBackend, EachShardUpdatesItsOwnParametersExactlyAsTheWholeBackend) {
             wrong += got_p[i] != params[i] || got_m[i] != -1.0f || got_v[i] != -1.0f;
         }
         EXPECT_EQ(wrong, 0u) << precision << " rank " << rank << " of " << world;
+        std::vector<float> owned_m(shard.owned_numel()), owned_v(shard.owned_numel());
+        gpu->get_owned_optimizer_state(owned_m.data(), owned_v.data());
+        EXPECT_TRUE(std::equal(owned_m.begin(), owned_m.end(), got_m.begin() + static_cast<std::ptrdiff_t>(shard.begin)));
+        EXPECT_TRUE(std::equal(owned_v.begin(), owned_v.end(), got_v.begin() + static_cast<std::ptrdiff_t>(shard.begin)));
         std::vector<float> padding(shard.padded_numel - numel, 1.0f);
         CUDA_CHECK(cudaMemcpy(padding.data(), gpu->parameter_buffer() + numel, padding.size() * sizeof(float),
                               cudaMemcpyDeviceToHost));

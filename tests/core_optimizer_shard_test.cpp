@@ -4,6 +4,7 @@
 // the whole thing under mpirun in tests/trainer/compare_zero.py.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstring>
 #include <vector>
@@ -109,6 +110,11 @@ TEST(CpuBackendShard, EachShardUpdatesItsOwnParametersExactlyAsTheWholeBackend) 
         }
       }
       EXPECT_EQ(wrong, 0u) << "rank " << rank << " of " << world;
+      // The packed copy a checkpoint gathers: the owned moments, nothing else.
+      std::vector<float> owned_m(shard.owned_numel()), owned_v(shard.owned_numel());
+      backend->get_owned_optimizer_state(owned_m.data(), owned_v.data());
+      EXPECT_TRUE(std::equal(owned_m.begin(), owned_m.end(), got_m.begin() + static_cast<std::ptrdiff_t>(shard.begin)));
+      EXPECT_TRUE(std::equal(owned_v.begin(), owned_v.end(), got_v.begin() + static_cast<std::ptrdiff_t>(shard.begin)));
       // The padding stays zero through the step.
       const float* buffer = backend->parameter_buffer();
       for (size_t i = numel; i < shard.padded_numel; ++i) ASSERT_EQ(buffer[i], 0.0f) << i;

@@ -46,6 +46,7 @@ class SignallingBackend final : public core::Backend {
   void get_parameters(float* host) const override { inner_->get_parameters(host); }
   void set_optimizer_state(const float* m, const float* v) override { inner_->set_optimizer_state(m, v); }
   void get_optimizer_state(float* m, float* v) const override { inner_->get_optimizer_state(m, v); }
+  void get_owned_optimizer_state(float* m, float* v) const override { inner_->get_owned_optimizer_state(m, v); }
   void get_gradients(float* host) const override { inner_->get_gradients(host); }
   void zero_gradients() override { inner_->zero_gradients(); }
   core::BatchStats forward_backward(const data::Batch& batch, float weight, const core::DropoutKey& key) override {
