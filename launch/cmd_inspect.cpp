@@ -23,6 +23,24 @@ std::string with_thousands(uint64_t n) {
   return out;
 }
 
+// A string read from the checkpoint as it may go to a terminal: control characters (C0, DEL) as
+// \xNN, so a crafted file cannot move the cursor, clear the screen or retitle the window.
+std::string printable(const std::string& text) {
+  std::string out;
+  out.reserve(text.size());
+  for (const char ch : text) {
+    const auto byte = static_cast<unsigned char>(ch);
+    if (byte < 0x20 || byte == 0x7f) {
+      char escaped[5];
+      std::snprintf(escaped, sizeof(escaped), "\\x%02x", byte);
+      out += escaped;
+    } else {
+      out += ch;
+    }
+  }
+  return out;
+}
+
 // `key value` pairs of one log_history record, numbers with 4 significant decimals.
 std::string metrics_text(const nlohmann::ordered_json& record) {
   std::string s;
@@ -35,7 +53,7 @@ std::string metrics_text(const nlohmann::ordered_json& record) {
     }
     s += (s.empty() ? "" : "  ") + it.key() + " " + value;
   }
-  return s;
+  return printable(s);
 }
 
 }  // namespace
@@ -69,8 +87,8 @@ int run_inspect(int argc, char** argv) {
               m.num_hidden_layers, m.hidden_size, m.num_attention_heads, m.intermediate_size, m.vocab_size,
               m.max_position_embeddings, m.num_labels);
   std::printf("parameters   %s (fp32 master weights)\n", with_thousands(s.parameter_count).c_str());
-  std::printf("precision    %s, world size %d, global batch %lld, seed %llu\n", t.precision.c_str(), t.world_size,
-              static_cast<long long>(t.global_batch_size), static_cast<unsigned long long>(t.seed));
+  std::printf("precision    %s, world size %d, global batch %lld, seed %llu\n", printable(t.precision).c_str(),
+              t.world_size, static_cast<long long>(t.global_batch_size), static_cast<unsigned long long>(t.seed));
   if (s.has_optimizer_state) {
     std::printf("optimizer    AdamW moments present (optimizer step %lld): resumable\n",
                 static_cast<long long>(s.optimizer_step));
@@ -85,7 +103,7 @@ int run_inspect(int argc, char** argv) {
   std::printf("tokenizer    %zu tokens, %s, max_length %d, label_offset %d\n", s.tokenizer.vocab.size(),
               s.tokenizer.do_lower_case ? "lower-cased" : "cased", s.tokenizer.max_length, s.tokenizer.label_offset);
   if (!t.best_checkpoint.empty())
-    std::printf("best         %s (metric %.4g)\n", t.best_checkpoint.c_str(), t.best_metric);
+    std::printf("best         %s (metric %.4g)\n", printable(t.best_checkpoint).c_str(), t.best_metric);
 
   nlohmann::ordered_json last_train, last_eval;
   for (const auto& line : t.log_history) {

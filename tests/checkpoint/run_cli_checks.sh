@@ -30,6 +30,21 @@ grep -q "resumed from" resumed.log || fail "resume_from_checkpoint auto did not 
 grep -q "^step  *6 of 6" inspect.txt || fail "inspect: step line: $(cat inspect.txt)"
 grep -q "AdamW moments present" inspect.txt || fail "inspect: optimizer line"
 grep -q "^last train .*loss" inspect.txt || fail "inspect: last train metrics"
+# Strings read from a crafted checkpoint reach the terminal with their control characters escaped.
+if python3 -c "import h5py" 2>/dev/null; then
+  cp straight/checkpoint-6.h5 crafted.h5
+  python3 - crafted.h5 <<'PY' || fail "could not edit crafted.h5"
+import sys
+import h5py
+with h5py.File(sys.argv[1], "r+") as f:
+    f["/trainer"].attrs["best_checkpoint"] = "checkpoint-3.h5\x1b[2J\x07"
+PY
+  "$bin" inspect crafted.h5 >crafted.txt || fail "inspect crafted.h5"
+  if grep -q "$(printf '\033')" crafted.txt; then fail "inspect printed an escape character"; fi
+  grep -qF 'checkpoint-3.h5\x1b[2J\x07' crafted.txt || fail "inspect: escaped best line: $(cat crafted.txt)"
+else
+  echo "skipped the crafted-string inspect check: no h5py"
+fi
 
 "$bin" export-hf straight/checkpoint-6.h5 hf >/dev/null || fail "export-hf"
 if "$bin" export-hf straight/checkpoint-6.h5 hf >/dev/null 2>err.txt; then fail "export-hf overwrote a non-empty folder"; fi
