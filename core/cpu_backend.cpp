@@ -39,8 +39,7 @@ class CpuBackend final : public Backend {
     std::copy(v_host + shard_.begin, v_host + shard_.owned_end(), v_.begin());
   }
   void get_optimizer_state(float* m_host, float* v_host) const override {
-    std::copy(m_.begin(), m_.begin() + static_cast<std::ptrdiff_t>(shard_.owned_numel()), m_host + shard_.begin);
-    std::copy(v_.begin(), v_.begin() + static_cast<std::ptrdiff_t>(shard_.owned_numel()), v_host + shard_.begin);
+    get_owned_optimizer_state(m_host + shard_.begin, v_host + shard_.begin);
   }
   void get_owned_optimizer_state(float* m_owned, float* v_owned) const override {
     std::copy(m_.begin(), m_.begin() + static_cast<std::ptrdiff_t>(shard_.owned_numel()), m_owned);

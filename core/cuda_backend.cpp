@@ -337,10 +337,7 @@ class CudaBackend final : public Backend {
     CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
   void get_optimizer_state(float* m_host, float* v_host) const override {
-    const size_t owned = plan_.shard.owned_numel() * sizeof(float);
-    CUDA_CHECK(cudaMemcpyAsync(m_host + plan_.shard.begin, arena_ + plan_.adam_m, owned, cudaMemcpyDeviceToHost, stream_));
-    CUDA_CHECK(cudaMemcpyAsync(v_host + plan_.shard.begin, arena_ + plan_.adam_v, owned, cudaMemcpyDeviceToHost, stream_));
-    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    get_owned_optimizer_state(m_host + plan_.shard.begin, v_host + plan_.shard.begin);
   }
   void get_owned_optimizer_state(float* m_owned, float* v_owned) const override {
     const size_t owned = plan_.shard.owned_numel() * sizeof(float);
@@ -366,7 +363,8 @@ class CudaBackend final : public Backend {
     // hook need the host between kernels, so they keep the eager path.
     const GraphKey shape{rows_, seq_, dropout.enabled};
     const bool replay = graphs_enabled_ && !profile_->enabled() && !has_gradient_ready_hook() &&
-                        eager_shapes_.count(shape) != 0 && (graphs_.count(shape) != 0 || graphs_.size() < kMaxGraphShapes);
+                        eager_shapes_.count(shape) != 0 &&
+                        (graphs_.count(shape) != 0 || graphs_.size() < kMaxGraphShapes);
     StepGraphs* graphs = replay ? &graphs_[shape] : nullptr;
     if (graphs) launch_graph(graphs->forward, [&] { run_forward(dropout); });
     else run_forward(dropout);

@@ -970,12 +970,12 @@ std::string Trainer::save_checkpoint() {
   const OptimizerShard& shard = backend_->optimizer_shard();
   std::vector<float> adam_m, adam_v;
   if (shard.sharded()) {
-    // Rank r's block starts at r x count = shard.begin; past owned_numel it is padding (zeros).
+    // Every rank's block starts its array (rank 0's block is the first of the whole); past
+    // owned_numel it is padding (zeros).
     const size_t size = comm_.rank() == 0 ? shard.padded_numel : shard.count;
-    const size_t at = comm_.rank() == 0 ? shard.begin : 0;
     adam_m.assign(size, 0.0f);
     adam_v.assign(size, 0.0f);
-    backend_->get_owned_optimizer_state(adam_m.data() + at, adam_v.data() + at);
+    backend_->get_owned_optimizer_state(adam_m.data(), adam_v.data());
     watchdog_->enter("gathering the AdamW moments for a checkpoint (zero_stage 1)", state_.global_step);
     comm_.gather_host(adam_m.data(), shard.count, 0);
     comm_.gather_host(adam_v.data(), shard.count, 0);
