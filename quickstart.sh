@@ -6,9 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")"
 ./scripts/install_deps.sh
 
-# Users' default is every architecture (75;80;86;89;90); with a GPU present, build just for it.
+# Users' default is every architecture (75;80;86;89;90); with a GPU present, build just for it
+# (its compute capability, e.g. 90 on an H100, which CMakeLists.txt turns into sm_90a code).
 archs="75;80;86;89;90"
-if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then archs=native; fi
+if command -v nvidia-smi >/dev/null && cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null); then
+  cap=$(echo "$cap" | head -n 1 | tr -d ' .')
+  [[ "$cap" =~ ^[0-9]+$ ]] && archs=$cap
+fi
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="${LLMQS_CUDA_ARCHS:-$archs}" >/dev/null
 cmake --build build -j"$(nproc)" --target llmqs-dist
 bin=$PWD/build/launch/llmqs-dist
