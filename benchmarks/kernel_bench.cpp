@@ -26,7 +26,8 @@
 //                    so extra traffic shows as a lower GB/s
 // Results are not checked here: tests/kernels_cuda_test.cpp compares every kernel with its CPU twin.
 // The kernel variants follow the backend's switches: LLMQS_LAYERNORM / LLMQS_GELU / LLMQS_COLUMN_SUM
-// =scalar pick the older kernels, LLMQS_ATTENTION=unfused skips the fused attention rows.
+// =scalar pick the older kernels, LLMQS_ATTENTION_WGMMA=0 the mma.sync attention kernels on Hopper,
+// LLMQS_ATTENTION=unfused skips the fused attention rows.
 // Output: a table on stdout; --json adds one JSON object per line after each row (the `name`
 // values are stable keys for benchmarks/RESULTS.md). Exit 1 when a row failed. Without a usable
 // CUDA device it prints "kernel_bench: no CUDA device: <reason>" and exits 0 (a skip, like the
@@ -565,10 +566,12 @@ int run(const Options& o) {
   variants.packed_layernorm = env_value("LLMQS_LAYERNORM") != "scalar";
   variants.packed_gelu = env_value("LLMQS_GELU") != "scalar";
   variants.packed_column_sums = env_value("LLMQS_COLUMN_SUM") != "scalar";
+  variants.wgmma_attention = env_value("LLMQS_ATTENTION_WGMMA") != "0";
   cu::set_kernel_variants(variants);
   const std::string variant_text = std::string("layernorm=") + (variants.packed_layernorm ? "packed" : "scalar") +
                                    " gelu=" + (variants.packed_gelu ? "packed" : "scalar") +
-                                   " column_sum=" + (variants.packed_column_sums ? "packed" : "scalar");
+                                   " column_sum=" + (variants.packed_column_sums ? "packed" : "scalar") +
+                                   " attention=" + (cu::flash_attention_uses_wgmma(DType::kBF16, 768, 12) ? "wgmma" : "mma.sync");
 
   const core::BertConfig model;  // bert-base-cased
   const int B = o.batch, S = o.seq, N = B * S;

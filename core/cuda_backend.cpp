@@ -220,6 +220,7 @@ class CudaBackend final : public Backend {
     variants.packed_layernorm = env_value("LLMQS_LAYERNORM") != "scalar";
     variants.packed_gelu = env_value("LLMQS_GELU") != "scalar";
     variants.packed_column_sums = env_value("LLMQS_COLUMN_SUM") != "scalar";
+    variants.wgmma_attention = env_value("LLMQS_ATTENTION_WGMMA") != "0";
     cu::set_kernel_variants(variants);
     // The residual LayerNorms record their dropout keep bits for the backward where the packed
     // kernels run (the plan's size and the kernels' layout must agree).

@@ -72,6 +72,9 @@ struct KernelVariants {
   bool packed_layernorm = true;
   bool packed_gelu = true;
   bool packed_column_sums = true;
+  // The fused attention's Hopper kernels (wgmma, kernels/flash_attention_sm90.cu) where they apply
+  // (head_dim 64, sm_90a code loaded); off: the mma.sync kernels (core reads LLMQS_ATTENTION_WGMMA=0).
+  bool wgmma_attention = true;
 };
 void set_kernel_variants(const KernelVariants& variants);
 KernelVariants kernel_variants();
@@ -178,6 +181,10 @@ bool flash_attention_supported(DType type, int C, int heads);
 // __CUDA_ARCH__ of the code this binary runs on the current GPU (750 for a compute_75-only build on
 // any GPU); 0 without a usable device.
 int loaded_code_arch();
+// Whether flash_attention_forward/backward take the Hopper (wgmma) kernels for this shape here:
+// head_dim 64, sm_90a code running, KernelVariants::wgmma_attention on. Results agree with the
+// mma.sync kernels within the tests' tolerances, not bit for bit (other tile order).
+bool flash_attention_uses_wgmma(DType type, int C, int heads);
 size_t flash_attention_mask_words(int rows, int seq, int heads);
 size_t flash_attention_ds_elements(int rows, int seq, int heads);
 void flash_attention_dropout_mask(uint32_t* dropout_mask, int rows, int seq, int heads, const DropoutSite& dropout,

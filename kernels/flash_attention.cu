@@ -27,36 +27,20 @@
 // in the backward's second products); streamed tiles are double-buffered with cp.async (sm_80+).
 // Key tiles at or past L_r are skipped entirely.
 #include <cuda_bf16.h>
+#include <type_traits>
 #include <cuda_fp16.h>
 
 #include "kernels/cuda_common.cuh"
 #include "kernels/cuda_kernels.h"
+#include "kernels/flash_attention_common.cuh"
+#include "kernels/flash_attention_sm90.h"
 
 namespace llmqs::kernels::cuda {
 
 namespace {
 
-constexpr int kTile = 64;     // keys (or queries) per streamed tile
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
-constexpr float kLog2e = 1.4426950408889634f;
-
-template <typename T>
-struct Pack2;
-template <>
-struct Pack2<__nv_bfloat16> {
-  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-  }
-};
-template <>
-struct Pack2<__half> {
-  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-  }
-};
 
 // D(16x8 fp32) += A(16x16) B(16x8). Fragments (lane = 4 * g + t):
 //   a[0] = A[g][2t..2t+1], a[1] = A[g+8][2t..], a[2] = A[g][2t+8..], a[3] = A[g+8][2t+8..]
@@ -111,51 +95,6 @@ struct Tile {
   static constexpr int kElements = kTile * kStride;
 };
 
-__device__ __forceinline__ uint32_t smem_address(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// Four 8x8 b16 matrices; lane l gives the address of row l % 8 of matrix l / 8 and receives, of
-// matrix i, row l / 4 elements 2 (l % 4), +1 in r[i] (.trans: column l / 4 rows 2 (l % 4), +1).
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_address(p)));
-}
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_address(p)));
-}
-
-// Asynchronous global -> shared copies on sm_80+ (zero-filled when !in); plain copies on sm_75,
-// where the wait functions are no-ops. `src` must be a valid address even when !in.
-template <int kBytes>
-__device__ __forceinline__ void copy_async(void* dst, const void* src, bool in) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  if constexpr (kBytes == 16)
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(dst)), "l"(src),
-                 "r"(in ? 16 : 0));
-  else
-    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(smem_address(dst)), "l"(src), "n"(kBytes),
-                 "r"(in ? kBytes : 0));
-#else
-  if constexpr (kBytes == 16) *static_cast<uint4*>(dst) = in ? *static_cast<const uint4*>(src) : make_uint4(0, 0, 0, 0);
-  else if constexpr (kBytes == 8) *static_cast<uint2*>(dst) = in ? *static_cast<const uint2*>(src) : make_uint2(0, 0);
-  else *static_cast<uint32_t*>(dst) = in ? *static_cast<const uint32_t*>(src) : 0u;
-#endif
-}
-__device__ __forceinline__ void copy_async_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-template <int kPending>
-__device__ __forceinline__ void copy_async_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
-#endif
-}
 
 // Rows [row0, row0 + kRows) of a head slice (row stride C) into a tile; rows at or past `limit`
 // are zeros (finite: a masked probability times a padding row must stay 0).
@@ -212,16 +151,6 @@ __device__ __forceinline__ void load_b_cols(uint32_t (&b)[4], const T* tile, int
   ldsm_x4_trans(b, tile + (k0 + (lane & 15)) * Tile<D>::kStride + n0 + (lane >> 4) * 8);
 }
 
-// The accumulators of two adjacent 16x8 column blocks (2kk, 2kk+1) as the A fragment of
-// columns [16kk, 16kk + 16): the register reuse that keeps P in registers between products.
-template <typename T>
-__device__ __forceinline__ void acc_to_a(uint32_t a[4], const float lo[4], const float hi[4]) {
-  a[0] = Pack2<T>::pack(lo[0], lo[1]);
-  a[1] = Pack2<T>::pack(lo[2], lo[3]);
-  a[2] = Pack2<T>::pack(hi[0], hi[1]);
-  a[3] = Pack2<T>::pack(hi[2], hi[3]);
-}
-
 // dq_acc (this warp's 16 rows x D) += the 16 x 16 block kk of dS (as the A fragment sa) times rows
 // kk * 16 .. + 15 of the K tile: the last product of both dQ kernels.
 template <typename T, int D>
@@ -253,25 +182,6 @@ __device__ __forceinline__ void store_dq_rows(T* dq, int ld, int first_row, int 
           Pack2<T>::pack(dq_acc[n][2 * x] * scale, dq_acc[n][2 * x + 1] * scale);
   }
 }
-
-__device__ __forceinline__ float quad_max(float x) {
-  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-}
-__device__ __forceinline__ float quad_sum(float x) {
-  x += __shfl_xor_sync(0xffffffffu, x, 1);
-  return x + __shfl_xor_sync(0xffffffffu, x, 2);
-}
-
-// ---- the dropout mask ---------------------------------------------------------------------------
-// Bit j % 32 of word mask[(bh * seq + i) * words_per_row + j / 32] is keep(i, j) (j < seq), drawn
-// by the forward, read by the backward. words_per_row = 2 ceil(seq / 64): a 64-key tile of a query
-// is one aligned 8-byte pair.
-__host__ __device__ __forceinline__ int mask_words_per_row(int seq) { return 2 * ((seq + kTile - 1) / kTile); }
-
-// Rows and columns of one head's dS^T block (flash_attention_ds_elements): seq rounded up to whole
-// 64-key tiles, so the dQ kernel's 64 x 64 loads never need a bound check.
-__host__ __device__ __forceinline__ int ds_pad(int seq) { return (seq + kTile - 1) / kTile * kTile; }
 
 // One thread per 32-key word: word w of query row `row` (= bh * seq + i) holds keep(i, 32 w + b) in
 // bit b, zeros for keys at or past seq (attention_dropout_keep in philox.h: 16-bit uniforms, eight
@@ -822,10 +732,21 @@ __global__ void __launch_bounds__(kThreads) flash_backward_q_from_ds_kernel(T* d
   store_dq_rows<T, D>(dq + head_offset, ld, i0 + warp * 16, seq, dq_acc, scale, lane);
 }
 
+// The Hopper kernels (kernels/flash_attention_sm90.cu) take head_dim 64 where this binary runs
+// sm_90a code, unless KernelVariants::wgmma_attention is off.
+bool wgmma_attention_runs() { return kernel_variants().wgmma_attention && sm90::wgmma_code_loaded(); }
+
 template <typename T, int D>
 void launch_forward(void* ctx, float* lse, const uint32_t* mask, const void* q, const void* k, const void* v,
                     const int32_t* lengths, int rows, int seq, int C, int ld, int heads, const DropoutSite& site,
                     cudaStream_t stream) {
+  if constexpr (D == 64) {
+    if (wgmma_attention_runs()) {
+      sm90::flash_forward(std::is_same_v<T, __nv_bfloat16>, ctx, lse, mask, q, k, v, lengths, rows, seq, C, ld, heads,
+                          site, stream);
+      return;
+    }
+  }
   const dim3 grid(ceil_div(seq, 64 * kForwardRowTiles), rows * heads);
   flash_forward_kernel<T, D, kForwardRowTiles><<<grid, kThreads, 0, stream>>>(
       static_cast<T*>(ctx), lse, mask, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
@@ -845,10 +766,21 @@ void launch_backward(void* dq, void* dk, void* dv, const void* dctx, const void*
   const dim3 grid(ceil_div(seq, kTile), rows * heads);
   const int seq_pad = ds_pad(seq);
   T* ds_t = static_cast<T*>(ds_scratch);
-  flash_backward_kv_kernel<T, D, kBackwardQueryTile><<<grid, kThreads, 0, stream>>>(
-      static_cast<T*>(dk), static_cast<T*>(dv), ds_t, static_cast<const T*>(q), static_cast<const T*>(k),
-      static_cast<const T*>(v), static_cast<const T*>(dctx), lse, delta, mask, lengths, seq, seq_pad, C, ld, heads, site);
-  CUDA_CHECK_LAUNCH("flash_backward_kv_kernel");
+  bool kv_done = false;
+  if constexpr (D == 64) {
+    if (wgmma_attention_runs()) {
+      sm90::flash_backward_kv(std::is_same_v<T, __nv_bfloat16>, dk, dv, ds_t, q, k, v, dctx, lse, delta, mask, lengths,
+                              rows, seq, seq_pad, C, ld, heads, site, stream);
+      kv_done = true;
+    }
+  }
+  if (!kv_done) {
+    flash_backward_kv_kernel<T, D, kBackwardQueryTile><<<grid, kThreads, 0, stream>>>(
+        static_cast<T*>(dk), static_cast<T*>(dv), ds_t, static_cast<const T*>(q), static_cast<const T*>(k),
+        static_cast<const T*>(v), static_cast<const T*>(dctx), lse, delta, mask, lengths, seq, seq_pad, C, ld, heads,
+        site);
+    CUDA_CHECK_LAUNCH("flash_backward_kv_kernel");
+  }
   if (ds_t) {
     flash_backward_q_from_ds_kernel<T, D><<<grid, kThreads, 0, stream>>>(
         static_cast<T*>(dq), ds_t, static_cast<const T*>(k), lengths, seq, seq_pad, ld, heads);
@@ -911,6 +843,10 @@ bool flash_attention_supported(DType type, int C, int heads) {
   if (type == DType::kBF16 && loaded_code_arch() != 0 && loaded_code_arch() < 800) return false;
   const int d = C / heads;
   return d == 32 || d == 64;
+}
+
+bool flash_attention_uses_wgmma(DType type, int C, int heads) {
+  return flash_attention_supported(type, C, heads) && C / heads == 64 && wgmma_attention_runs();
 }
 
 size_t flash_attention_ds_elements(int rows, int seq, int heads) {

@@ -581,7 +581,9 @@ TEST_P(CudaKernels, AttentionWithPaddingAndDropoutMatchesCpu) {
 }
 
 // The fused tensor-core attention (bf16/fp16, head_dim 32 and 64) against the same CPU twin:
-// padding rows, a length-1 row, seq not a multiple of the 64-row tiles, dropout on and off.
+// padding rows, a length-1 row, seq not a multiple of the 64-row tiles, dropout on and off. Where
+// this binary runs sm_90a code, head_dim 64 runs twice: on the Hopper (wgmma) kernels and on the
+// mma.sync ones (KernelVariants::wgmma_attention off).
 TEST_P(CudaKernels, FlashAttentionWithPaddingAndDropoutMatchesCpu) {
   REQUIRE_CUDA();
   const DType type = GetParam();
@@ -599,10 +601,15 @@ TEST_P(CudaKernels, FlashAttentionWithPaddingAndDropoutMatchesCpu) {
   }
   uint32_t seed = 900;
   // seq 77 and 130 take the mask kernel's per-key Philox path (seq % 8 != 0), the others one
-  // call per eight keys; 256 spans two 128-query forward blocks and four key tiles.
+  // call per eight keys; 256 spans two 128-query forward blocks and four key tiles; 512 (eight
+  // tiles, bert-base's length) cycles the Hopper kernels' three shared-memory stages more than once.
+  const bool hopper = cu::flash_attention_uses_wgmma(type, 128, 2);
+  std::cout << "[ attention ] " << llmqs::kernels::dtype_name(type) << " head_dim 64 runs "
+            << (hopper ? "the wgmma kernels, then the mma.sync ones" : "the mma.sync kernels (no sm_90a code here)")
+            << "\n";
   for (const Shape& s : {Shape{2, 128, 128, 2, {100, 128}}, Shape{3, 77, 96, 3, {77, 40, 1}},
                          Shape{1, 200, 256, 4, {131}}, Shape{2, 256, 128, 2, {256, 190}},
-                         Shape{1, 130, 64, 2, {130}}}) {
+                         Shape{1, 130, 64, 2, {130}}, Shape{2, 512, 128, 2, {512, 301}}}) {
     ASSERT_TRUE(cu::flash_attention_supported(type, s.C, s.heads));
     for (const float p : {0.0f, 0.1f}) {
       const std::string base_what = "seq=" + std::to_string(s.seq) + " C=" + std::to_string(s.C) + " heads=" +
@@ -618,8 +625,13 @@ TEST_P(CudaKernels, FlashAttentionWithPaddingAndDropoutMatchesCpu) {
       kc::attention_backward(dq_ref.data(), dk_ref.data(), dv_ref.data(), dctx.data(), q.data(), k.data(), v.data(),
                              probs_ref.data(), s.lengths.data(), s.rows, s.seq, s.C, s.heads, site);
 
+     for (const bool wgmma : {true, false}) {
+      if (wgmma && !cu::flash_attention_uses_wgmma(type, s.C, s.heads)) continue;
+      cu::KernelVariants kernels;
+      kernels.wgmma_attention = wgmma;
+      VariantScope scope(kernels);
      for (const bool packed : {false, true}) {  // q, k, v as three arrays, or as the fused [tokens x 3C]
-      const std::string what = base_what + (packed ? " qkv packed" : "");
+      const std::string what = base_what + (packed ? " qkv packed" : "") + (wgmma ? " wgmma" : "");
       const size_t tokens = size_t(s.rows) * s.seq;
       QkvOnDevice qkv_in({q, k, v}, tokens, s.C, type, packed), dqkv(tokens, s.C, type, packed);
       DeviceArray ddctx(dctx, type), ctx(n, type), lse(nl, DType::kF32), delta(nl, DType::kF32);
@@ -678,6 +690,7 @@ TEST_P(CudaKernels, FlashAttentionWithPaddingAndDropoutMatchesCpu) {
           EXPECT_EQ(dqkv.get(2), dv_first) << how;
         }
       }
+     }
      }
     }
   }

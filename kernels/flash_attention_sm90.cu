@@ -1,0 +1,626 @@
+// Fused attention on Hopper's warpgroup MMA (wgmma, sm_90a), head_dim 64: the forward and the
+// dK/dV kernel of the backward. Same math, buffers and layouts as kernels/flash_attention.cu
+// (read its opening comment for the formulas; CPU twin kernels/cpu/attention.h), so the two are
+// interchangeable call by call and the dQ product over the stored dS^T is shared.
+//
+// Why a second file: mma.sync's operands pass through registers, so every 16-row warp tile reloads
+// its B fragments from shared memory with ldmatrix, and the attention kernels stalled at ~200
+// TFLOP/s forward and ~150 backward (docs/performance.md). wgmma reads B straight from shared
+// memory for a whole warpgroup (64 rows), runs asynchronously, and lets the softmax or the dS
+// arithmetic of one tile overlap the products of another (FlashAttention-3's ordering).
+//
+// Operand layouts (one warpgroup = 4 warps = 128 threads; warp w of it owns rows 16w .. 16w + 15):
+// - A from registers: the mma.sync m16n8k16 A fragment per warp, so a 64 x N fp32 accumulator
+//   (per warp the m16n8 C layout, block n of 8 columns in d[4n .. 4n + 3]) becomes the A operand
+//   of the next product by packing pairs (acc_to_a): P in P V, P^T in dV, dS^T in dK.
+// - B from shared memory: 64 x 64 16-bit tiles, one 128-byte row per token, in the 128-byte swizzle
+//   (16-byte chunk c of row r at chunk c ^ (r % 8); tiles 1024-byte aligned). Read as "K-major"
+//   (the reduction dimension contiguous: K in Q K^T, Q and dO in K Q^T and V dO^T) or, with the
+//   transpose bit, "MN-major" (V in P V; dO and Q in P^T dO and dS^T Q). One descriptor layout for
+//   both: 8-row groups 1024 bytes apart; a k-step of 16 moves the start by 32 bytes (K-major) or by
+//   16 rows = 2048 bytes (MN-major).
+// Shared memory written by cp.async is made visible to the tensor cores' (async) proxy with
+// fence.proxy.async before the barrier that publishes it.
+//
+// Built for every architecture; the bodies exist only in sm_90a code (__CUDA_ARCH_FEAT_SM90_ALL),
+// and the host calls these kernels only when wgmma_code_loaded() says that code runs.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "kernels/cuda_common.cuh"
+#include "kernels/flash_attention_common.cuh"
+#include "kernels/flash_attention_sm90.h"
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define LLMQS_WGMMA 1
+#endif
+// The helpers below are used only by the sm_90a pass; the other passes see them unreferenced.
+#pragma nv_diag_suppress 177
+
+namespace llmqs::kernels::cuda::sm90 {
+
+namespace {
+
+constexpr int kHeadDim = 64;
+constexpr int kGroupThreads = 128;         // one warpgroup
+constexpr int kTileBytes = 64 * 128;       // 64 rows x 64 16-bit elements
+constexpr int kForwardGroups = 2;          // warpgroups (64 queries each) per forward block
+constexpr int kStages = 3;                 // streamed tiles in flight (see the loops' comments)
+
+// ---- wgmma -------------------------------------------------------------------------------------
+// Shared-memory matrix descriptor of a 128-byte-swizzled tile (PTX ISA "matrix descriptor"):
+// start address >> 4 in bits 0-13, leading byte offset >> 4 in 16-29 (unused by these layouts: 1),
+// stride byte offset >> 4 in 32-45 (1024: the next 8-row group), swizzle mode 1 (128 B) in 62-63.
+__device__ __forceinline__ uint64_t tile_descriptor(const void* p) {
+  const uint32_t address = smem_address(p);
+  return uint64_t((address & 0x3FFFF) >> 4) | (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) |
+         (uint64_t(1) << 62);
+}
+
+__device__ __forceinline__ void wgmma_fence() {
+#ifdef LLMQS_WGMMA
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_commit() {
+#ifdef LLMQS_WGMMA
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+template <int kPending>
+__device__ __forceinline__ void wgmma_wait() {
+#ifdef LLMQS_WGMMA
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
+#endif
+}
+// The compiler sees a wgmma's accumulators as written when the asm statement issues, but the
+// tensor cores write them until the wait: this empty asm after the wait (and before the issue)
+// keeps every read and write of them on its side of it. Same for A fragments still being read.
+__device__ __forceinline__ void fence_registers(float (&d)[32]) {
+#pragma unroll
+  for (int i = 0; i < 32; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+__device__ __forceinline__ void fence_registers(uint32_t (&a)[4][4]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(a[i][j])::"memory");
+}
+__device__ __forceinline__ void fence_proxy_async() {
+#ifdef LLMQS_WGMMA
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
+#define LLMQS_WGMMA_D32                                                                                  \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, " \
+  "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define LLMQS_WGMMA_D32_OPERANDS(d)                                                                       \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),         \
+      "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+      "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]),           \
+      "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),           \
+      "+f"(d[30]), "+f"(d[31])
+
+// d (64 x 64 fp32, the warpgroup's) = a (64 x 16, registers) x B (16 x 64, shared memory at desc)
+// + (accumulate ? d : 0). kTransB = 0: B K-major; 1: B MN-major.
+template <typename T, int kTransB>
+__device__ __forceinline__ void wgmma_64x64x16(float (&d)[32], const uint32_t (&a)[4], uint64_t desc,
+                                               bool accumulate);
+
+#define LLMQS_DEFINE_WGMMA_64x64x16(T, PTX_TYPE)                                                             \
+  template <int kTransB>                                                                                   \
+  struct Wgmma64x64x16_##PTX_TYPE {                                                                        \
+    static __device__ __forceinline__ void run(float (&d)[32], const uint32_t (&a)[4], uint64_t desc,     \
+                                               bool accumulate) {                                          \
+      asm volatile(                                                                                        \
+          "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                                     \
+          "wgmma.mma_async.sync.aligned.m64n64k16.f32." #PTX_TYPE "." #PTX_TYPE " " LLMQS_WGMMA_D32        \
+          ", {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"                                                \
+          : LLMQS_WGMMA_D32_OPERANDS(d)                                                                    \
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(int(accumulate)), "n"(kTransB));    \
+    }                                                                                                      \
+  };                                                                                                       \
+  template <>                                                                                              \
+  __device__ __forceinline__ void wgmma_64x64x16<T, 0>(float (&d)[32], const uint32_t (&a)[4], uint64_t desc, \
+                                                       bool accumulate) {                                  \
+    Wgmma64x64x16_##PTX_TYPE<0>::run(d, a, desc, accumulate);                                              \
+  }                                                                                                        \
+  template <>                                                                                              \
+  __device__ __forceinline__ void wgmma_64x64x16<T, 1>(float (&d)[32], const uint32_t (&a)[4], uint64_t desc, \
+                                                       bool accumulate) {                                  \
+    Wgmma64x64x16_##PTX_TYPE<1>::run(d, a, desc, accumulate);                                              \
+  }
+
+#ifdef LLMQS_WGMMA
+LLMQS_DEFINE_WGMMA_64x64x16(__nv_bfloat16, bf16)
+LLMQS_DEFINE_WGMMA_64x64x16(__half, f16)
+#else
+template <typename T, int kTransB>
+__device__ __forceinline__ void wgmma_64x64x16(float (&)[32], const uint32_t (&)[4], uint64_t, bool) {
+  __trap();
+}
+#endif
+
+// d = a (64 x 64 in four k-steps of registers) x B where B's k-step kk starts kk * step_bytes past
+// `tile` (32 for a K-major tile, 2048 for an MN-major one).
+template <typename T, int kTransB>
+__device__ __forceinline__ void wgmma_64x64x64(float (&d)[32], const uint32_t (&a)[4][4], const uint8_t* tile,
+                                               bool accumulate) {
+  constexpr int kStepBytes = kTransB ? 16 * 128 : 32;
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) wgmma_64x64x16<T, kTransB>(d, a[kk], tile_descriptor(tile + kk * kStepBytes),
+                                                            accumulate || kk > 0);
+}
+
+// ---- tiles ---------------------------------------------------------------------------------------
+// Rows [row0, row0 + 64) of a head slice (row stride ld elements, 64 columns) into a swizzled
+// tile; rows at or past `limit` are zeros. `threads` threads starting at index `tid` share the copy.
+template <typename T>
+__device__ __forceinline__ void load_tile(uint8_t* tile, const T* src, int row0, int limit, int ld, int tid,
+                                          int threads) {
+  for (int c = tid; c < 64 * 8; c += threads) {
+    const int row = c >> 3, chunk = c & 7;
+    const bool in = row0 + row < limit;
+    copy_async<16>(tile + row * 128 + ((chunk ^ (row & 7)) << 4), src + size_t(in ? row0 + row : 0) * ld + chunk * 8,
+                   in);
+  }
+}
+
+// The warp's A fragments (rows 16 warp .. + 15, all 64 columns as four k-steps) of a swizzled tile.
+__device__ __forceinline__ void load_a_fragments(uint32_t (&a)[4][4], const uint8_t* tile, int warp, int lane) {
+  const int row = warp * 16 + (lane & 15);
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    const int chunk = 2 * kk + (lane >> 4);
+    ldsm_x4(a[kk], tile + row * 128 + ((chunk ^ (row & 7)) << 4));
+  }
+}
+
+// The 64 x 64 accumulator as the A operand of a product over its columns (four k-steps of 16).
+template <typename T>
+__device__ __forceinline__ void accumulator_to_a(uint32_t (&a)[4][4], const float (&d)[32]) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) acc_to_a<T>(a[kk], &d[8 * kk], &d[8 * kk + 4]);
+}
+
+__device__ __forceinline__ uint8_t* align_1024(uint8_t* p) {
+  return p + ((1024 - (smem_address(p) & 1023)) & 1023);
+}
+
+// ---- forward -------------------------------------------------------------------------------------
+// One block of kGroups warpgroups per (64 kGroups queries, row x head); warpgroup wg owns queries
+// q0 + 64 wg .. + 63, its Q rows in registers as A fragments. The block streams 64-key K/V tiles
+// below the row's length through kStages shared-memory stages. Per tile j, each warpgroup issues
+// S_j = Q K_j^T and O += P_{j-1} V_{j-1}, waits for S_j only, and computes the online softmax of
+// S_j while P_{j-1} V_{j-1} runs; then waits for it and rescales O. Tile j + 1 is loaded into the
+// stage of tile j - 2 after the barrier of tile j: every warpgroup has passed its wait for
+// P_{j-2} V_{j-2} by then, and V_{j-1} (still being read) is in the third stage.
+template <typename T, int kGroups>
+__global__ void __launch_bounds__(kGroups * kGroupThreads, 2)
+    flash_forward_kernel(T* ctx, float* lse, const uint32_t* mask, const T* q, const T* k, const T* v,
+                         const int32_t* lengths, int seq, int C, int ld, int heads, DropoutSite site) {
+#ifdef LLMQS_WGMMA
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = align_1024(smem_raw);  // stage s: K tile at 2s, V tile at 2s + 1 (kTileBytes each)
+  const int tid = threadIdx.x, wg = tid / kGroupThreads, warp = (tid / 32) % 4, lane = tid & 31;
+  const int g = lane >> 2, t = lane & 3;
+  const int bh = blockIdx.y, r = bh / heads, h = bh % heads;
+  const int q0 = blockIdx.x * (64 * kGroups) + 64 * wg;
+  const int len = lengths[r];
+  const size_t head_offset = size_t(r) * seq * ld + size_t(h) * kHeadDim;
+  const size_t ctx_offset = size_t(r) * seq * C + size_t(h) * kHeadDim;
+  const float scale2 = rsqrtf(float(kHeadDim)) * kLog2e;
+  const bool dropout = site.p > 0.0f;
+  const float keep_scale = 1.0f / (1.0f - site.p);
+  const int words = mask_words_per_row(seq);
+  const int tiles = (len + kTile - 1) / kTile;
+  auto stage_tile = [&](int tile, int which) { return smem + (2 * (tile % kStages) + which) * kTileBytes; };
+  auto load_kv = [&](int tile) {
+    load_tile(stage_tile(tile, 0), k + head_offset, tile * kTile, seq, ld, tid, kGroups * kGroupThreads);
+    load_tile(stage_tile(tile, 1), v + head_offset, tile * kTile, seq, ld, tid, kGroups * kGroupThreads);
+    copy_async_commit();
+  };
+
+  // Q through the third stage (first streamed into by tile 2, after the first loop barrier).
+  uint8_t* q_tile = smem + 2 * (kStages - 1) * kTileBytes + wg * kTileBytes;
+  load_tile(q_tile, q + head_offset, q0, seq, ld, tid % kGroupThreads, kGroupThreads);
+  copy_async_commit();
+  if (tiles > 0) load_kv(0);
+  copy_async_wait<0>();
+  __syncthreads();
+  uint32_t qa[4][4];
+  load_a_fragments(qa, q_tile, warp, lane);
+
+  float o[32], s[32];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) o[i] = 0.0f;
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+  uint32_t pa[4][4];  // P of the previous tile (dropped, unscaled) as A fragments
+  int rows[2];
+  for (int x = 0; x < 2; ++x) rows[x] = q0 + warp * 16 + g + 8 * x;
+
+  // Tile jt's keys in shared memory for every warpgroup (its copies issued one tile earlier), the
+  // next tile's copies issued, and this thread's keep bits of the tile (shifted right by 2t, as
+  // the mma.sync forward: the bit of column 8n + 2t + c is bit (n % 4) * 8 + c of word n / 4).
+  uint2 keep[2];
+  auto begin_tile = [&](int jt) {
+    copy_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads();
+    if (jt + 1 < tiles) load_kv(jt + 1);
+#pragma unroll
+    for (int x = 0; x < 2; ++x) {
+      keep[x] = dropout && rows[x] < seq
+                    ? *reinterpret_cast<const uint2*>(mask + (size_t(bh) * seq + rows[x]) * words + 2 * jt)
+                    : make_uint2(~0u, ~0u);
+      keep[x].x >>= 2 * t;
+      keep[x].y >>= 2 * t;
+    }
+  };
+  // The online softmax of S_j (in s): new row maxima and sums, s <- the dropped p, and in
+  // `correction` the factor that O (summed under the old maxima) must be rescaled by.
+  float correction[2];
+  auto softmax_tile = [&](int jt) {
+    const int j0 = jt * kTile;
+    if (j0 + kTile > len) {  // only the last tile masks keys
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          if (j0 + n * 8 + 2 * t + (e & 1) >= len) s[4 * n + e] = -INFINITY;
+    }
+    float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int i = 0; i < 32; ++i) tile_max[(i >> 1) & 1] = fmaxf(tile_max[(i >> 1) & 1], s[i]);
+#pragma unroll
+    for (int x = 0; x < 2; ++x) {
+      const float new_max = fmaxf(row_max[x], quad_max(tile_max[x]) * scale2);  // finite: key j0 is valid
+      correction[x] = exp2f(row_max[x] - new_max);
+      row_max[x] = new_max;
+      row_sum[x] *= correction[x];
+    }
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int x = e >> 1;
+        const float p = exp2f(fmaf(s[4 * n + e], scale2, -row_max[x]));
+        row_sum[x] += p;
+        const uint32_t word = n < 4 ? keep[x].x : keep[x].y;
+        s[4 * n + e] = word & (1u << ((n & 3) * 8 + (e & 1))) ? p : 0.0f;  // 1 / (1 - p) at the end
+      }
+  };
+
+  // Every wait below is unconditional: ptxas serialises the whole wgmma pipeline when some path
+  // might touch registers of a product still in flight.
+  if (tiles > 0) {
+    begin_tile(0);
+    wgmma_fence();
+    wgmma_64x64x64<T, 0>(s, qa, stage_tile(0, 0), false);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_registers(s);
+    softmax_tile(0);
+    accumulator_to_a<T>(pa, s);
+  }
+  for (int jt = 1; jt < tiles; ++jt) {
+    begin_tile(jt);
+    wgmma_fence();
+    wgmma_64x64x64<T, 0>(s, qa, stage_tile(jt, 0), false);
+    wgmma_commit();
+    fence_registers(o);
+    wgmma_fence();
+    wgmma_64x64x64<T, 1>(o, pa, stage_tile(jt - 1, 1), true);
+    wgmma_commit();
+    wgmma_wait<1>();  // S_j; P_{j-1} V_{j-1} may still run
+    fence_registers(s);
+    softmax_tile(jt);
+    wgmma_wait<0>();  // P_{j-1} V_{j-1}: O and the previous P are free again
+    fence_registers(o);
+    fence_registers(pa);
+#pragma unroll
+    for (int i = 0; i < 32; ++i) o[i] *= correction[(i >> 1) & 1];
+    accumulator_to_a<T>(pa, s);
+  }
+  if (tiles > 0) {
+    fence_registers(o);
+    wgmma_fence();
+    wgmma_64x64x64<T, 1>(o, pa, stage_tile(tiles - 1, 1), true);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_registers(o);
+    fence_registers(pa);
+  }
+
+#pragma unroll
+  for (int x = 0; x < 2; ++x) {
+    const float sum = quad_sum(row_sum[x]);
+    if (rows[x] >= seq) continue;
+    const float inv = sum > 0.0f ? (dropout ? keep_scale : 1.0f) / sum : 0.0f;
+    T* out = ctx + ctx_offset + size_t(rows[x]) * C;
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+      *reinterpret_cast<uint32_t*>(out + n * 8 + 2 * t) =
+          Pack2<T>::pack(o[4 * n + 2 * x] * inv, o[4 * n + 2 * x + 1] * inv);
+    if (t == 0) lse[size_t(bh) * seq + rows[x]] = row_max[x] + log2f(sum);
+  }
+#endif
+}
+
+// ---- backward: dK, dV (and dS^T for the dQ product) -----------------------------------------------
+// One warpgroup per 64 keys j0 .. j0 + 63 (row x head); warp w owns keys j0 + 16 w .. + 15, whose K
+// and V rows stay in registers as A fragments. Query tiles of 64 (Q, dO, lse, delta, mask words)
+// stream through kStages stages. With transposed scores (keys x queries):
+//   S^T = K Q^T, dPd^T = V dO^T (B = the Q / dO tile, K-major)
+//   P^T, dS^T elementwise (the mma.sync kernel's formulas), dS^T also stored for dQ
+//   dV += Pd^T dO, dK += dS^T Q   (B = the same tiles, MN-major)
+// Order per query tile i: the elementwise work on S_i / dPd_i runs while dV/dK += ..._{i-1} is on
+// the tensor cores; then wait for it (its A registers are free), pack P_i and dS_i, publish tile
+// i + 1 (barrier), issue S_{i+1} and dPd_{i+1}, then dV/dK += ..._i, and wait for the first two only.
+// Tile i + 2 goes into the stage of tile i - 1 after the barrier of tile i + 1's publication: the
+// warpgroup has waited for dV/dK_{i-1} by then.
+template <typename T>
+__global__ void __launch_bounds__(kGroupThreads, 2) flash_backward_kv_kernel(
+    T* dk, T* dv, T* ds_t, const T* q, const T* k, const T* v, const T* dctx, const float* lse, const float* delta,
+    const uint32_t* mask, const int32_t* lengths, int seq, int seq_pad, int C, int ld, int heads, DropoutSite site) {
+#ifdef LLMQS_WGMMA
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = align_1024(smem_raw);  // stage s: Q tile at 2s, dO tile at 2s + 1
+  __shared__ __align__(16) float lse_s[kStages][kTile], delta_s[kStages][kTile];
+  __shared__ __align__(16) uint2 mask_s[kStages][kTile];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const int bh = blockIdx.y, r = bh / heads, h = bh % heads;
+  const int j0 = blockIdx.x * kTile;
+  const int len = lengths[r];
+  const size_t head_offset = size_t(r) * seq * ld + size_t(h) * kHeadDim;  // q, k, v, dk, dv
+  const size_t ctx_offset = size_t(r) * seq * C + size_t(h) * kHeadDim;   // dctx
+  const float scale = rsqrtf(float(kHeadDim)), scale2 = scale * kLog2e;
+  const bool dropout = site.p > 0.0f;
+  const float keep_scale = dropout ? 1.0f / (1.0f - site.p) : 1.0f;
+  const int words = mask_words_per_row(seq);
+  const int kj[2] = {j0 + warp * 16 + g, j0 + warp * 16 + g + 8};
+  // The 64-key mask pair of a query: keys j0 + 16 w + g (+ 8) sit in word w / 2 at bit (16 w + g) % 32 (+ 8).
+  const bool high_keys = warp >= 2;
+  const bool key_valid[2] = {kj[0] < len, kj[1] < len};
+  const int key_shift[2] = {(warp * 16 + g) & 31, (warp * 16 + g + 8) & 31};
+
+  float dk_acc[32], dv_acc[32];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) dk_acc[i] = dv_acc[i] = 0.0f;
+
+  if (j0 < len) {  // key tiles past the length get zero gradients
+    auto stage_tile = [&](int tile, int which) { return smem + (2 * (tile % kStages) + which) * kTileBytes; };
+    auto load_queries = [&](int tile) {
+      const int i0 = tile * kTile, st = tile % kStages;
+      load_tile(stage_tile(tile, 0), q + head_offset, i0, seq, ld, tid, kGroupThreads);
+      load_tile(stage_tile(tile, 1), dctx + ctx_offset, i0, seq, C, tid, kGroupThreads);
+      const int x = tid & (kTile - 1);
+      const bool in = i0 + x < seq;
+      const size_t row = size_t(bh) * seq + (in ? i0 + x : 0);
+      if (tid < kTile) {
+        copy_async<4>(&lse_s[st][x], lse + row, in);
+        if (dropout) copy_async<8>(&mask_s[st][x], mask + row * words + 2 * (j0 / kTile), in);
+      } else {
+        copy_async<4>(&delta_s[st][x], delta + row, in);
+      }
+      copy_async_commit();
+    };
+    const int tiles = (seq + kTile - 1) / kTile;
+
+    // K and V through the third stage (first streamed into by query tile 2, after barrier 1).
+    uint8_t* kv_tiles = smem + 2 * (kStages - 1) * kTileBytes;
+    load_tile(kv_tiles, k + head_offset, j0, seq, ld, tid, kGroupThreads);
+    load_tile(kv_tiles + kTileBytes, v + head_offset, j0, seq, ld, tid, kGroupThreads);
+    copy_async_commit();
+    load_queries(0);
+    copy_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads();
+    uint32_t ka[4][4], va[4][4];
+    load_a_fragments(ka, kv_tiles, warp, lane);
+    load_a_fragments(va, kv_tiles + kTileBytes, warp, lane);
+    if (tiles > 1) load_queries(1);
+
+    float s[32], dp[32];
+    uint32_t pa[4][4], sa[4][4];
+    wgmma_fence();
+    wgmma_64x64x64<T, 0>(s, ka, stage_tile(0, 0), false);
+    wgmma_64x64x64<T, 0>(dp, va, stage_tile(0, 1), false);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_registers(s);
+    fence_registers(dp);
+
+    // S^T, dPd^T of query tile it (in s, dp) -> Pd^T, dS^T (fp32, in place). Element e of block n:
+    // query column 8n + 2t + (e & 1), key kj[e >> 1]; query column 8n + 2t + y is inside seq iff
+    // 8n + y < query_room.
+    auto elementwise = [&](int it) {
+      const int st = it % kStages, query_room = seq - it * kTile - 2 * t;
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        const int col = n * 8 + 2 * t;
+        const float2 lse2 = *reinterpret_cast<const float2*>(&lse_s[st][col]);
+        const float2 delta2 = *reinterpret_cast<const float2*>(&delta_s[st][col]);
+        uint32_t mask_words[2] = {~0u, ~0u};  // query columns col, col + 1, the word holding this warp's keys
+        if (dropout) {
+          const uint4 mask2 = *reinterpret_cast<const uint4*>(&mask_s[st][col]);
+          mask_words[0] = high_keys ? mask2.y : mask2.x;
+          mask_words[1] = high_keys ? mask2.w : mask2.z;
+        }
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int y = e & 1, x = e >> 1;
+          const float row_lse = y ? lse2.y : lse2.x, row_delta = y ? delta2.y : delta2.x;
+          float prob = exp2f(fmaf(s[4 * n + e], scale2, -row_lse));
+          if (!(key_valid[x] && n * 8 + y < query_room)) prob = 0.0f;
+          const float keep = (mask_words[y] >> key_shift[x]) & 1u ? keep_scale : 0.0f;
+          dp[4 * n + e] = prob * fmaf(dp[4 * n + e], keep, -row_delta);  // dS^T
+          s[4 * n + e] = prob * keep;                                     // Pd^T
+        }
+      }
+    };
+    // Waits for dV/dK += ..._{it-1} (their A registers), packs Pd^T and dS^T as A fragments, and
+    // stores dS^T for the dQ kernel: keys kj[0], kj[1] x queries i0 + 16 kk + 2t (+8), +1.
+    auto pack = [&](int it) {
+      wgmma_wait<0>();
+      fence_registers(dv_acc);
+      fence_registers(dk_acc);
+      fence_registers(pa);
+      fence_registers(sa);
+      accumulator_to_a<T>(pa, s);
+      accumulator_to_a<T>(sa, dp);
+      if (ds_t) {
+        T* row0 = ds_t + (size_t(bh) * seq_pad + kj[0]) * seq_pad + it * kTile + 2 * t;
+        T* row1 = row0 + 8 * size_t(seq_pad);
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+          *reinterpret_cast<uint32_t*>(row0 + kk * 16) = sa[kk][0];
+          *reinterpret_cast<uint32_t*>(row1 + kk * 16) = sa[kk][1];
+          *reinterpret_cast<uint32_t*>(row0 + kk * 16 + 8) = sa[kk][2];
+          *reinterpret_cast<uint32_t*>(row1 + kk * 16 + 8) = sa[kk][3];
+        }
+      }
+    };
+    auto accumulate_dv_dk = [&](int it) {
+      wgmma_fence();
+      wgmma_64x64x64<T, 1>(dv_acc, pa, stage_tile(it, 1), true);
+      wgmma_64x64x64<T, 1>(dk_acc, sa, stage_tile(it, 0), true);
+      wgmma_commit();
+    };
+
+    // Every wait is unconditional (the last tile is peeled): ptxas serialises the whole wgmma
+    // pipeline when some path might touch registers of a product still in flight.
+    for (int it = 0; it + 1 < tiles; ++it) {
+      elementwise(it);
+      pack(it);
+      copy_async_wait<0>();  // tile it + 1 (the only group in flight)
+      fence_proxy_async();
+      __syncthreads();
+      if (it + 2 < tiles) load_queries(it + 2);
+      wgmma_fence();
+      wgmma_64x64x64<T, 0>(s, ka, stage_tile(it + 1, 0), false);
+      wgmma_64x64x64<T, 0>(dp, va, stage_tile(it + 1, 1), false);
+      wgmma_commit();
+      accumulate_dv_dk(it);
+      wgmma_wait<1>();  // S^T and dPd^T of tile it + 1; dV/dK may still run
+      fence_registers(s);
+      fence_registers(dp);
+    }
+    elementwise(tiles - 1);
+    pack(tiles - 1);
+    accumulate_dv_dk(tiles - 1);
+    wgmma_wait<0>();
+    fence_registers(dv_acc);
+    fence_registers(dk_acc);
+    fence_registers(pa);
+    fence_registers(sa);
+  }
+#pragma unroll
+  for (int x = 0; x < 2; ++x) {
+    if (kj[x] >= seq) continue;
+    const size_t row = head_offset + size_t(kj[x]) * ld;
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+      *reinterpret_cast<uint32_t*>(dk + row + n * 8 + 2 * t) =
+          Pack2<T>::pack(dk_acc[4 * n + 2 * x] * scale, dk_acc[4 * n + 2 * x + 1] * scale);
+      *reinterpret_cast<uint32_t*>(dv + row + n * 8 + 2 * t) =
+          Pack2<T>::pack(dv_acc[4 * n + 2 * x], dv_acc[4 * n + 2 * x + 1]);
+    }
+  }
+#endif
+}
+
+__global__ void report_wgmma_code(int* out) {
+#ifdef LLMQS_WGMMA
+  *out = 1;
+#else
+  *out = 0;
+#endif
+}
+
+constexpr int kForwardSmemBytes = 2 * kStages * kTileBytes + 1024;   // + alignment slack
+constexpr int kBackwardSmemBytes = 2 * kStages * kTileBytes + 1024;
+
+// Raises a kernel's dynamic shared-memory limit past the default 48 KB, once per process
+// (one GPU per process, as the backend runs).
+template <typename Kernel>
+void allow_shared_memory(Kernel kernel, int bytes) {
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+}
+
+template <typename T>
+void launch_forward(void* ctx, float* lse, const uint32_t* mask, const void* q, const void* k, const void* v,
+                    const int32_t* lengths, int rows, int seq, int C, int ld, int heads, const DropoutSite& site,
+                    cudaStream_t stream) {
+  static const bool ready = (allow_shared_memory(flash_forward_kernel<T, kForwardGroups>, kForwardSmemBytes), true);
+  (void)ready;
+  const dim3 grid(ceil_div(seq, 64 * kForwardGroups), rows * heads);
+  flash_forward_kernel<T, kForwardGroups><<<grid, kForwardGroups * kGroupThreads, kForwardSmemBytes, stream>>>(
+      static_cast<T*>(ctx), lse, mask, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
+      lengths, seq, C, ld, heads, site);
+  CUDA_CHECK_LAUNCH("sm90::flash_forward_kernel");
+}
+
+template <typename T>
+void launch_backward_kv(void* dk, void* dv, void* ds_t, const void* q, const void* k, const void* v, const void* dctx,
+                        const float* lse, const float* delta, const uint32_t* mask, const int32_t* lengths, int rows,
+                        int seq, int seq_pad, int C, int ld, int heads, const DropoutSite& site, cudaStream_t stream) {
+  static const bool ready = (allow_shared_memory(flash_backward_kv_kernel<T>, kBackwardSmemBytes), true);
+  (void)ready;
+  const dim3 grid(ceil_div(seq, kTile), rows * heads);
+  flash_backward_kv_kernel<T><<<grid, kGroupThreads, kBackwardSmemBytes, stream>>>(
+      static_cast<T*>(dk), static_cast<T*>(dv), static_cast<T*>(ds_t), static_cast<const T*>(q),
+      static_cast<const T*>(k), static_cast<const T*>(v), static_cast<const T*>(dctx), lse, delta, mask, lengths, seq,
+      seq_pad, C, ld, heads, site);
+  CUDA_CHECK_LAUNCH("sm90::flash_backward_kv_kernel");
+}
+
+}  // namespace
+
+bool wgmma_code_loaded() {
+  static const bool loaded = [] {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+      cudaGetLastError();
+      return false;
+    }
+    int* d = nullptr;
+    int h = 0;
+    if (cudaMalloc(&d, sizeof(int)) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    report_wgmma_code<<<1, 1>>>(d);
+    if (cudaMemcpy(&h, d, sizeof(int), cudaMemcpyDeviceToHost) != cudaSuccess) {
+      cudaGetLastError();
+      h = 0;
+    }
+    cudaFree(d);
+    return h == 1;
+  }();
+  return loaded;
+}
+
+void flash_forward(bool bf16, void* ctx, float* lse, const uint32_t* mask, const void* q, const void* k,
+                   const void* v, const int32_t* lengths, int rows, int seq, int C, int ld, int heads,
+                   const DropoutSite& site, cudaStream_t stream) {
+  if (bf16)
+    launch_forward<__nv_bfloat16>(ctx, lse, mask, q, k, v, lengths, rows, seq, C, ld, heads, site, stream);
+  else
+    launch_forward<__half>(ctx, lse, mask, q, k, v, lengths, rows, seq, C, ld, heads, site, stream);
+}
+
+void flash_backward_kv(bool bf16, void* dk, void* dv, void* ds_t, const void* q, const void* k, const void* v,
+                       const void* dctx, const float* lse, const float* delta, const uint32_t* mask,
+                       const int32_t* lengths, int rows, int seq, int seq_pad, int C, int ld, int heads,
+                       const DropoutSite& site, cudaStream_t stream) {
+  if (bf16)
+    launch_backward_kv<__nv_bfloat16>(dk, dv, ds_t, q, k, v, dctx, lse, delta, mask, lengths, rows, seq, seq_pad, C,
+                                      ld, heads, site, stream);
+  else
+    launch_backward_kv<__half>(dk, dv, ds_t, q, k, v, dctx, lse, delta, mask, lengths, rows, seq, seq_pad, C, ld,
+                               heads, site, stream);
+}
+
+}  // namespace llmqs::kernels::cuda::sm90

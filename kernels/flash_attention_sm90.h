@@ -1,0 +1,30 @@
+// The Hopper (sm_90a) kernels of the fused attention, called by kernels/flash_attention.cu when the
+// binary runs sm_90a code and head_dim is 64 (flash_attention_uses_wgmma in cuda_kernels.h says
+// which path a call takes). Same function, same buffers and layouts as the mma.sync kernels:
+// the dropout bitmask, lse [rows x heads x seq] fp32 and dS^T for the dQ product.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/philox.h"
+
+namespace llmqs::kernels::cuda::sm90 {
+
+// Whether the code this binary runs on the current GPU was compiled for sm_90a (a build whose
+// CMAKE_CUDA_ARCHITECTURES holds 90a, on an H100/H200). Asked once per process.
+bool wgmma_code_loaded();
+
+// ctx [rows x seq x C], lse; q, k, v with row stride ld (head h in columns h*64 ..). bf16 = true
+// for bfloat16, else fp16.
+void flash_forward(bool bf16, void* ctx, float* lse, const uint32_t* mask, const void* q, const void* k,
+                   const void* v, const int32_t* lengths, int rows, int seq, int C, int ld, int heads,
+                   const DropoutSite& site, cudaStream_t stream);
+
+// dK, dV and dS^T (the dQ product's input, ds_pad(seq)^2 per row x head) from delta = dO . O.
+void flash_backward_kv(bool bf16, void* dk, void* dv, void* ds_t, const void* q, const void* k, const void* v,
+                       const void* dctx, const float* lse, const float* delta, const uint32_t* mask,
+                       const int32_t* lengths, int rows, int seq, int seq_pad, int C, int ld, int heads,
+                       const DropoutSite& site, cudaStream_t stream);
+
+}  // namespace llmqs::kernels::cuda::sm90
