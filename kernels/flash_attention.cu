@@ -27,8 +27,9 @@
 // in the backward's second products); streamed tiles are double-buffered with cp.async (sm_80+).
 // Key tiles at or past L_r are skipped entirely.
 #include <cuda_bf16.h>
-#include <type_traits>
 #include <cuda_fp16.h>
+
+#include <type_traits>
 
 #include "kernels/cuda_common.cuh"
 #include "kernels/cuda_kernels.h"
@@ -441,12 +442,7 @@ __global__ void __launch_bounds__(kThreads, QT == 32 ? 3 : 1) flash_backward_kv_
   const bool dropout = site.p > 0.0f;
   const float keep_scale = dropout ? 1.0f / (1.0f - site.p) : 1.0f;
   const int words = mask_words_per_row(seq);
-  const int kj[2] = {j0 + warp * 16 + g, j0 + warp * 16 + g + 8};
-  // Bit of the 64-key mask pair: keys j0 + 16 w + g (+ 8) sit in word w / 2 (both in the same one)
-  // at bit (16 w + g) % 32 (+ 8).
-  const bool high_keys = warp >= 2;
-  const bool key_valid[2] = {kj[0] < len, kj[1] < len};
-  const int key_shift[2] = {(warp * 16 + g) & 31, (warp * 16 + g + 8) & 31};
+  const WarpKeys keys = warp_keys(j0, warp, g, len);
 
   float dk_acc[D / 8][4], dv_acc[D / 8][4];
 #pragma unroll
@@ -509,40 +505,19 @@ __global__ void __launch_bounds__(kThreads, QT == 32 ? 3 : 1) flash_backward_kv_
           mma16816<T>(dp[n], va[2 * kq], b);
           mma16816<T>(dp[n], va[2 * kq + 1], b + 2);
         }
-      // p -> Pd^T (dropped probabilities), dp -> dS^T. Element e of block n: query column
-      // n * 8 + 2t + (e & 1), key kj[e >> 1]; the two query columns' lse, delta and mask words
-      // are adjacent in shared memory (one 8- or 16-byte load each). Query column n * 8 + 2t + y is
-      // inside seq iff n * 8 + y < query_room (one compare with a constant per element).
+      // p -> Pd^T (dropped probabilities), dp -> dS^T, one 8-query column block at a time.
       const int query_room = seq - i0 - 2 * t;
 #pragma unroll
-      for (int n = 0; n < QT / 8; ++n) {
-        const int col = n * 8 + 2 * t;
-        const float2 lse2 = *reinterpret_cast<const float2*>(&lse_s[stage][col]);
-        const float2 delta2 = *reinterpret_cast<const float2*>(&delta_s[stage][col]);
-        uint32_t words[2] = {~0u, ~0u};  // the mask words of query columns col, col + 1 holding this warp's keys
-        if (dropout) {
-          const uint4 mask2 = *reinterpret_cast<const uint4*>(&mask_s[stage][col]);
-          words[0] = high_keys ? mask2.y : mask2.x;
-          words[1] = high_keys ? mask2.w : mask2.z;
-        }
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int y = e & 1, x = e >> 1;
-          const float row_lse = y ? lse2.y : lse2.x, row_delta = y ? delta2.y : delta2.x;
-          float prob = exp2f(fmaf(p[n][e], scale2, -row_lse));
-          if (!(key_valid[x] && n * 8 + y < query_room)) prob = 0.0f;
-          const float keep = (words[y] >> key_shift[x]) & 1u ? keep_scale : 0.0f;
-          dp[n][e] = prob * fmaf(dp[n][e], keep, -row_delta);
-          p[n][e] = prob * keep;
-        }
-      }
+      for (int n = 0; n < QT / 8; ++n)
+        scores_to_ds_block(p[n], dp[n], lse_s[stage], delta_s[stage], mask_s[stage], n * 8 + 2 * t, n * 8, query_room,
+                           dropout, keys, scale2, keep_scale);
 #pragma unroll
       for (int kk = 0; kk < QT / 16; ++kk) {
         uint32_t pa[4], sa[4];
         acc_to_a<T>(pa, p[2 * kk], p[2 * kk + 1]);
         acc_to_a<T>(sa, dp[2 * kk], dp[2 * kk + 1]);
         if (ds_t) {  // dS^T for the dQ kernel: keys kj[0], kj[1] x queries i0 + 16 kk + 2t (+8), +1
-          T* row0 = ds_t + (size_t(bh) * seq_pad + kj[0]) * seq_pad + i0 + kk * 16 + 2 * t;
+          T* row0 = ds_t + (size_t(bh) * seq_pad + keys.kj[0]) * seq_pad + i0 + kk * 16 + 2 * t;
           T* row1 = row0 + 8 * size_t(seq_pad);
           *reinterpret_cast<uint32_t*>(row0) = sa[0];
           *reinterpret_cast<uint32_t*>(row1) = sa[1];
@@ -565,8 +540,8 @@ __global__ void __launch_bounds__(kThreads, QT == 32 ? 3 : 1) flash_backward_kv_
   }
 #pragma unroll
   for (int x = 0; x < 2; ++x) {
-    if (kj[x] >= seq) continue;
-    const size_t row = head_offset + size_t(kj[x]) * ld;
+    if (keys.kj[x] >= seq) continue;
+    const size_t row = head_offset + size_t(keys.kj[x]) * ld;
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
       *reinterpret_cast<uint32_t*>(dk + row + n * 8 + 2 * t) =
@@ -732,9 +707,49 @@ __global__ void __launch_bounds__(kThreads) flash_backward_q_from_ds_kernel(T* d
   store_dq_rows<T, D>(dq + head_offset, ld, i0 + warp * 16, seq, dq_acc, scale, lane);
 }
 
+// What code the driver actually runs for this binary on the current GPU: its __CUDA_ARCH__ (a
+// build holding only compute_75 PTX reports 750 even on an H200) and whether it is the
+// arch-specific sm_90a code that the wgmma kernels need. Asked once per process, by the first
+// flash_attention_supported (the backend's set-up) or loaded_code_arch call.
+struct LoadedCode {
+  int arch = 0;
+  bool sm90a = false;
+};
+__global__ void report_loaded_code(int* out) {
+#ifdef __CUDA_ARCH__
+  out[0] = __CUDA_ARCH__;
+#ifdef __CUDA_ARCH_FEAT_SM90_ALL
+  out[1] = 1;
+#else
+  out[1] = 0;
+#endif
+#endif
+}
+const LoadedCode& loaded_code() {
+  static const LoadedCode code = [] {
+    LoadedCode found;
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+      cudaGetLastError();
+      return found;
+    }
+    int* d = nullptr;
+    int h[2] = {0, 0};
+    if (cudaMalloc(&d, sizeof(h)) != cudaSuccess) return found;
+    report_loaded_code<<<1, 1>>>(d);
+    if (cudaMemcpy(h, d, sizeof(h), cudaMemcpyDeviceToHost) == cudaSuccess) {
+      found.arch = h[0];
+      found.sm90a = h[1] == 1;
+    }
+    cudaFree(d);
+    return found;
+  }();
+  return code;
+}
+
 // The Hopper kernels (kernels/flash_attention_sm90.cu) take head_dim 64 where this binary runs
 // sm_90a code, unless KernelVariants::wgmma_attention is off.
-bool wgmma_attention_runs() { return kernel_variants().wgmma_attention && sm90::wgmma_code_loaded(); }
+bool wgmma_attention_runs() { return kernel_variants().wgmma_attention && loaded_code().sm90a; }
 
 template <typename T, int D>
 void launch_forward(void* ctx, float* lse, const uint32_t* mask, const void* q, const void* k, const void* v,
@@ -754,6 +769,25 @@ void launch_forward(void* ctx, float* lse, const uint32_t* mask, const void* q, 
   CUDA_CHECK_LAUNCH("flash_forward_kernel");
 }
 
+// dK, dV (and dS^T where ds_t is set) of the backward: the Hopper kernel where it runs, else mma.sync.
+template <typename T, int D>
+void launch_backward_kv(void* dk, void* dv, T* ds_t, const void* dctx, const void* q, const void* k, const void* v,
+                        const float* lse, const float* delta, const uint32_t* mask, const int32_t* lengths, int rows,
+                        int seq, int seq_pad, int C, int ld, int heads, const DropoutSite& site, cudaStream_t stream) {
+  if constexpr (D == 64) {
+    if (wgmma_attention_runs()) {
+      sm90::flash_backward_kv(std::is_same_v<T, __nv_bfloat16>, dk, dv, ds_t, q, k, v, dctx, lse, delta, mask, lengths,
+                              rows, seq, seq_pad, C, ld, heads, site, stream);
+      return;
+    }
+  }
+  const dim3 grid(ceil_div(seq, kTile), rows * heads);
+  flash_backward_kv_kernel<T, D, kBackwardQueryTile><<<grid, kThreads, 0, stream>>>(
+      static_cast<T*>(dk), static_cast<T*>(dv), ds_t, static_cast<const T*>(q), static_cast<const T*>(k),
+      static_cast<const T*>(v), static_cast<const T*>(dctx), lse, delta, mask, lengths, seq, seq_pad, C, ld, heads, site);
+  CUDA_CHECK_LAUNCH("flash_backward_kv_kernel");
+}
+
 template <typename T, int D>
 void launch_backward(void* dq, void* dk, void* dv, const void* dctx, const void* ctx, const void* q, const void* k,
                      const void* v, const float* lse, const uint32_t* mask, float* delta, void* ds_scratch,
@@ -766,21 +800,8 @@ void launch_backward(void* dq, void* dk, void* dv, const void* dctx, const void*
   const dim3 grid(ceil_div(seq, kTile), rows * heads);
   const int seq_pad = ds_pad(seq);
   T* ds_t = static_cast<T*>(ds_scratch);
-  bool kv_done = false;
-  if constexpr (D == 64) {
-    if (wgmma_attention_runs()) {
-      sm90::flash_backward_kv(std::is_same_v<T, __nv_bfloat16>, dk, dv, ds_t, q, k, v, dctx, lse, delta, mask, lengths,
-                              rows, seq, seq_pad, C, ld, heads, site, stream);
-      kv_done = true;
-    }
-  }
-  if (!kv_done) {
-    flash_backward_kv_kernel<T, D, kBackwardQueryTile><<<grid, kThreads, 0, stream>>>(
-        static_cast<T*>(dk), static_cast<T*>(dv), ds_t, static_cast<const T*>(q), static_cast<const T*>(k),
-        static_cast<const T*>(v), static_cast<const T*>(dctx), lse, delta, mask, lengths, seq, seq_pad, C, ld, heads,
-        site);
-    CUDA_CHECK_LAUNCH("flash_backward_kv_kernel");
-  }
+  launch_backward_kv<T, D>(dk, dv, ds_t, dctx, q, k, v, lse, delta, mask, lengths, rows, seq, seq_pad, C, ld, heads,
+                           site, stream);
   if (ds_t) {
     flash_backward_q_from_ds_kernel<T, D><<<grid, kThreads, 0, stream>>>(
         static_cast<T*>(dq), ds_t, static_cast<const T*>(k), lengths, seq, seq_pad, ld, heads);
@@ -809,33 +830,7 @@ void check_supported(DType type, int C, int heads, const char* who) {
 
 }  // namespace
 
-namespace {
-__global__ void report_code_arch(int* arch) {
-#ifdef __CUDA_ARCH__
-  *arch = __CUDA_ARCH__;
-#endif
-}
-}  // namespace
-
-int loaded_code_arch() {
-  // The architecture the driver actually runs for this binary on the current GPU: a build holding
-  // only compute_75 PTX reports 750 even on an H200. Asked once per process.
-  static const int arch = [] {
-    int count = 0;
-    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-      cudaGetLastError();
-      return 0;
-    }
-    int* d = nullptr;
-    int h = 0;
-    if (cudaMalloc(&d, sizeof(int)) != cudaSuccess) return 0;
-    report_code_arch<<<1, 1>>>(d);
-    if (cudaMemcpy(&h, d, sizeof(int), cudaMemcpyDeviceToHost) != cudaSuccess) h = 0;
-    cudaFree(d);
-    return h;
-  }();
-  return arch;
-}
+int loaded_code_arch() { return loaded_code().arch; }
 
 bool flash_attention_supported(DType type, int C, int heads) {
   if (type == DType::kF32 || heads <= 0 || C % heads != 0) return false;

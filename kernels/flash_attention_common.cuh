@@ -105,5 +105,56 @@ __host__ __device__ __forceinline__ int mask_words_per_row(int seq) { return 2 *
 // 64-key tiles, so the dQ kernel's 64 x 64 loads never need a bound check.
 __host__ __device__ __forceinline__ int ds_pad(int seq) { return (seq + kTile - 1) / kTile * kTile; }
 
+// ---- the dK/dV kernels' elementwise step --------------------------------------------------------
+// Warp w of a dK/dV kernel owns keys j0 + 16 w .. + 15 of its 64-key block; thread (g, t) holds
+// the scores of keys kj[0] = j0 + 16 w + g and kj[1] = kj[0] + 8, whose keep bits sit in the same
+// word of a query's 64-key mask pair (word w / 2) at bits shift[0] and shift[1].
+struct WarpKeys {
+  int kj[2];
+  bool high_word;  // the pair's second word (warps 2 and 3)
+  bool valid[2];   // below the row's length
+  int shift[2];
+};
+__device__ __forceinline__ WarpKeys warp_keys(int j0, int warp, int g, int len) {
+  WarpKeys keys;
+  keys.kj[0] = j0 + warp * 16 + g;
+  keys.kj[1] = keys.kj[0] + 8;
+  keys.high_word = warp >= 2;
+  keys.valid[0] = keys.kj[0] < len;
+  keys.valid[1] = keys.kj[1] < len;
+  keys.shift[0] = (warp * 16 + g) & 31;
+  keys.shift[1] = (warp * 16 + g + 8) & 31;
+  return keys;
+}
+
+// One 8-query column block of the transposed scores, in place: S^T in s4 -> Pd^T (dropped
+// probabilities), dPd^T in dp4 -> dS^T. Element e: query column col + (e & 1) of the tile (col =
+// 8n + 2t), key kj[e >> 1]; the two columns' lse, delta and mask pairs are adjacent in shared memory
+// (one 8- or 16-byte load each). Column col + y is inside seq iff block_col + y < query_room
+// (block_col = 8n: one compare with a constant per element).
+__device__ __forceinline__ void scores_to_ds_block(float* s4, float* dp4, const float* lse_tile,
+                                                   const float* delta_tile, const uint2* mask_tile, int col,
+                                                   int block_col, int query_room, bool dropout,
+                                                   const WarpKeys& keys, float scale2, float keep_scale) {
+  const float2 lse2 = *reinterpret_cast<const float2*>(lse_tile + col);
+  const float2 delta2 = *reinterpret_cast<const float2*>(delta_tile + col);
+  uint32_t words[2] = {~0u, ~0u};  // the mask words of columns col, col + 1 holding this warp's keys
+  if (dropout) {
+    const uint4 mask2 = *reinterpret_cast<const uint4*>(mask_tile + col);
+    words[0] = keys.high_word ? mask2.y : mask2.x;
+    words[1] = keys.high_word ? mask2.w : mask2.z;
+  }
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const int y = e & 1, x = e >> 1;
+    const float row_lse = y ? lse2.y : lse2.x, row_delta = y ? delta2.y : delta2.x;
+    float prob = exp2f(fmaf(s4[e], scale2, -row_lse));
+    if (!(keys.valid[x] && block_col + y < query_room)) prob = 0.0f;
+    const float keep = (words[y] >> keys.shift[x]) & 1u ? keep_scale : 0.0f;
+    dp4[e] = prob * fmaf(dp4[e], keep, -row_delta);  // dS^T
+    s4[e] = prob * keep;                              // Pd^T
+  }
+}
+
 }  // namespace
 }  // namespace llmqs::kernels::cuda

@@ -23,7 +23,7 @@
 // fence.proxy.async before the barrier that publishes it.
 //
 // Built for every architecture; the bodies exist only in sm_90a code (__CUDA_ARCH_FEAT_SM90_ALL),
-// and the host calls these kernels only when wgmma_code_loaded() says that code runs.
+// and the host calls these kernels only where that code runs (flash_attention.cu asks the device).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -379,11 +379,7 @@ __global__ void __launch_bounds__(kGroupThreads, 2) flash_backward_kv_kernel(
   const bool dropout = site.p > 0.0f;
   const float keep_scale = dropout ? 1.0f / (1.0f - site.p) : 1.0f;
   const int words = mask_words_per_row(seq);
-  const int kj[2] = {j0 + warp * 16 + g, j0 + warp * 16 + g + 8};
-  // The 64-key mask pair of a query: keys j0 + 16 w + g (+ 8) sit in word w / 2 at bit (16 w + g) % 32 (+ 8).
-  const bool high_keys = warp >= 2;
-  const bool key_valid[2] = {kj[0] < len, kj[1] < len};
-  const int key_shift[2] = {(warp * 16 + g) & 31, (warp * 16 + g + 8) & 31};
+  const WarpKeys keys = warp_keys(j0, warp, g, len);
 
   float dk_acc[32], dv_acc[32];
 #pragma unroll
@@ -432,33 +428,14 @@ __global__ void __launch_bounds__(kGroupThreads, 2) flash_backward_kv_kernel(
     fence_registers(s);
     fence_registers(dp);
 
-    // S^T, dPd^T of query tile it (in s, dp) -> Pd^T, dS^T (fp32, in place). Element e of block n:
-    // query column 8n + 2t + (e & 1), key kj[e >> 1]; query column 8n + 2t + y is inside seq iff
-    // 8n + y < query_room.
+    // S^T, dPd^T of query tile it (in s, dp) -> Pd^T, dS^T (fp32, in place), one 8-query column
+    // block (accumulator block n: s[4n .. 4n + 3]) at a time.
     auto elementwise = [&](int it) {
       const int st = it % kStages, query_room = seq - it * kTile - 2 * t;
 #pragma unroll
-      for (int n = 0; n < 8; ++n) {
-        const int col = n * 8 + 2 * t;
-        const float2 lse2 = *reinterpret_cast<const float2*>(&lse_s[st][col]);
-        const float2 delta2 = *reinterpret_cast<const float2*>(&delta_s[st][col]);
-        uint32_t mask_words[2] = {~0u, ~0u};  // query columns col, col + 1, the word holding this warp's keys
-        if (dropout) {
-          const uint4 mask2 = *reinterpret_cast<const uint4*>(&mask_s[st][col]);
-          mask_words[0] = high_keys ? mask2.y : mask2.x;
-          mask_words[1] = high_keys ? mask2.w : mask2.z;
-        }
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int y = e & 1, x = e >> 1;
-          const float row_lse = y ? lse2.y : lse2.x, row_delta = y ? delta2.y : delta2.x;
-          float prob = exp2f(fmaf(s[4 * n + e], scale2, -row_lse));
-          if (!(key_valid[x] && n * 8 + y < query_room)) prob = 0.0f;
-          const float keep = (mask_words[y] >> key_shift[x]) & 1u ? keep_scale : 0.0f;
-          dp[4 * n + e] = prob * fmaf(dp[4 * n + e], keep, -row_delta);  // dS^T
-          s[4 * n + e] = prob * keep;                                     // Pd^T
-        }
-      }
+      for (int n = 0; n < 8; ++n)
+        scores_to_ds_block(&s[4 * n], &dp[4 * n], lse_s[st], delta_s[st], mask_s[st], n * 8 + 2 * t, n * 8, query_room,
+                           dropout, keys, scale2, keep_scale);
     };
     // Waits for dV/dK += ..._{it-1} (their A registers), packs Pd^T and dS^T as A fragments, and
     // stores dS^T for the dQ kernel: keys kj[0], kj[1] x queries i0 + 16 kk + 2t (+8), +1.
@@ -471,7 +448,7 @@ __global__ void __launch_bounds__(kGroupThreads, 2) flash_backward_kv_kernel(
       accumulator_to_a<T>(pa, s);
       accumulator_to_a<T>(sa, dp);
       if (ds_t) {
-        T* row0 = ds_t + (size_t(bh) * seq_pad + kj[0]) * seq_pad + it * kTile + 2 * t;
+        T* row0 = ds_t + (size_t(bh) * seq_pad + keys.kj[0]) * seq_pad + it * kTile + 2 * t;
         T* row1 = row0 + 8 * size_t(seq_pad);
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {
@@ -518,8 +495,8 @@ __global__ void __launch_bounds__(kGroupThreads, 2) flash_backward_kv_kernel(
   }
 #pragma unroll
   for (int x = 0; x < 2; ++x) {
-    if (kj[x] >= seq) continue;
-    const size_t row = head_offset + size_t(kj[x]) * ld;
+    if (keys.kj[x] >= seq) continue;
+    const size_t row = head_offset + size_t(keys.kj[x]) * ld;
 #pragma unroll
     for (int n = 0; n < 8; ++n) {
       *reinterpret_cast<uint32_t*>(dk + row + n * 8 + 2 * t) =
@@ -528,14 +505,6 @@ __global__ void __launch_bounds__(kGroupThreads, 2) flash_backward_kv_kernel(
           Pack2<T>::pack(dv_acc[4 * n + 2 * x], dv_acc[4 * n + 2 * x + 1]);
     }
   }
-#endif
-}
-
-__global__ void report_wgmma_code(int* out) {
-#ifdef LLMQS_WGMMA
-  *out = 1;
-#else
-  *out = 0;
 #endif
 }
 
@@ -577,30 +546,6 @@ void launch_backward_kv(void* dk, void* dv, void* ds_t, const void* q, const voi
 }
 
 }  // namespace
-
-bool wgmma_code_loaded() {
-  static const bool loaded = [] {
-    int count = 0;
-    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-      cudaGetLastError();
-      return false;
-    }
-    int* d = nullptr;
-    int h = 0;
-    if (cudaMalloc(&d, sizeof(int)) != cudaSuccess) {
-      cudaGetLastError();
-      return false;
-    }
-    report_wgmma_code<<<1, 1>>>(d);
-    if (cudaMemcpy(&h, d, sizeof(int), cudaMemcpyDeviceToHost) != cudaSuccess) {
-      cudaGetLastError();
-      h = 0;
-    }
-    cudaFree(d);
-    return h == 1;
-  }();
-  return loaded;
-}
 
 void flash_forward(bool bf16, void* ctx, float* lse, const uint32_t* mask, const void* q, const void* k,
                    const void* v, const int32_t* lengths, int rows, int seq, int C, int ld, int heads,

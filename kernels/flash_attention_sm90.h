@@ -11,10 +11,6 @@
 
 namespace llmqs::kernels::cuda::sm90 {
 
-// Whether the code this binary runs on the current GPU was compiled for sm_90a (a build whose
-// CMAKE_CUDA_ARCHITECTURES holds 90a, on an H100/H200). Asked once per process.
-bool wgmma_code_loaded();
-
 // ctx [rows x seq x C], lse; q, k, v with row stride ld (head h in columns h*64 ..). bf16 = true
 // for bfloat16, else fp16.
 void flash_forward(bool bf16, void* ctx, float* lse, const uint32_t* mask, const void* q, const void* k,
