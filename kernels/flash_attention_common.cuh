@@ -131,7 +131,9 @@ __device__ __forceinline__ WarpKeys warp_keys(int j0, int warp, int g, int len) 
 // probabilities), dPd^T in dp4 -> dS^T. Element e: query column col + (e & 1) of the tile (col =
 // 8n + 2t), key kj[e >> 1]; the two columns' lse, delta and mask pairs are adjacent in shared memory
 // (one 8- or 16-byte load each). Column col + y is inside seq iff block_col + y < query_room
-// (block_col = 8n: one compare with a constant per element).
+// (block_col = 8n: one compare with a constant per element); kBoundsTests = false: every key and
+// query of the block is inside the row (the caller knows), so the tests are left out.
+template <bool kBoundsTests = true>
 __device__ __forceinline__ void scores_to_ds_block(float* s4, float* dp4, const float* lse_tile,
                                                    const float* delta_tile, const uint2* mask_tile, int col,
                                                    int block_col, int query_room, bool dropout,
@@ -149,7 +151,7 @@ __device__ __forceinline__ void scores_to_ds_block(float* s4, float* dp4, const 
     const int y = e & 1, x = e >> 1;
     const float row_lse = y ? lse2.y : lse2.x, row_delta = y ? delta2.y : delta2.x;
     float prob = exp2f(fmaf(s4[e], scale2, -row_lse));
-    if (!(keys.valid[x] && block_col + y < query_room)) prob = 0.0f;
+    if (kBoundsTests && !(keys.valid[x] && block_col + y < query_room)) prob = 0.0f;
     const float keep = (words[y] >> keys.shift[x]) & 1u ? keep_scale : 0.0f;
     dp4[e] = prob * fmaf(dp4[e], keep, -row_delta);  // dS^T
     s4[e] = prob * keep;                              // Pd^T

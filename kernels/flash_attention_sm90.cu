@@ -27,6 +27,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <type_traits>
+
 #include "kernels/cuda_common.cuh"
 #include "kernels/flash_attention_common.cuh"
 #include "kernels/flash_attention_sm90.h"
@@ -155,15 +157,21 @@ __device__ __forceinline__ void wgmma_64x64x64(float (&d)[32], const uint32_t (&
 
 // ---- tiles ---------------------------------------------------------------------------------------
 // Rows [row0, row0 + 64) of a head slice (row stride ld elements, 64 columns) into a swizzled
-// tile; rows at or past `limit` are zeros. `threads` threads starting at index `tid` share the copy.
-template <typename T>
-__device__ __forceinline__ void load_tile(uint8_t* tile, const T* src, int row0, int limit, int ld, int tid,
-                                          int threads) {
-  for (int c = tid; c < 64 * 8; c += threads) {
-    const int row = c >> 3, chunk = c & 7;
-    const bool in = row0 + row < limit;
-    copy_async<16>(tile + row * 128 + ((chunk ^ (row & 7)) << 4), src + size_t(in ? row0 + row : 0) * ld + chunk * 8,
-                   in);
+// tile; rows at or past `limit` are zeros. kThreads threads (thread index tid < kThreads) share
+// the copy: thread tid moves 16-byte chunk tid % 8 of rows tid / 8 + i kThreads / 8, so its
+// swizzled destination (row % 8 is the same for every i) and source offsets are fixed per thread
+// and the copies unroll (no index arithmetic per chunk).
+template <int kThreads, typename T>
+__device__ __forceinline__ void load_tile(uint8_t* tile, const T* src, int row0, int limit, int ld, int tid) {
+  static_assert(kThreads % 64 == 0 && kThreads <= 512, "rows per step must keep row % 8");
+  constexpr int kRowStep = kThreads / 8;
+  const int row = tid >> 3, chunk = tid & 7;
+  uint8_t* dst = tile + row * 128 + ((chunk ^ (row & 7)) << 4);
+  const T* from = src + size_t(row0 + row) * ld + chunk * 8;
+#pragma unroll
+  for (int i = 0; i < 64 / kRowStep; ++i) {
+    const bool in = row0 + row + i * kRowStep < limit;
+    copy_async<16>(dst + i * kRowStep * 128, in ? from + size_t(i) * kRowStep * ld : src, in);
   }
 }
 
@@ -182,6 +190,31 @@ template <typename T>
 __device__ __forceinline__ void accumulator_to_a(uint32_t (&a)[4][4], const float (&d)[32]) {
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) acc_to_a<T>(a[kk], &d[8 * kk], &d[8 * kk + 4]);
+}
+
+// Dropout on P as A fragments (a[kk][j]: 16-bit pairs of column block n = 2 kk + j / 2, row half
+// x = j % 2): the pair's two keep bits (bits 8 (n % 4) and + 1 of word n / 4 of keep[x], already
+// shifted right by 2t) become a 0x0000 / 0xFFFF mask per half: shifted to the top bit of each
+// byte, prmt's sign mode replicates them. Same bits as zeroing p before packing (+0 is 0x0000).
+__device__ __forceinline__ uint32_t replicate_sign_bytes(uint32_t lo_signs, uint32_t hi_signs, uint32_t selector) {
+  uint32_t mask;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(mask) : "r"(lo_signs), "r"(hi_signs), "r"(selector));
+  return mask;
+}
+__device__ __forceinline__ void drop_packed(uint32_t (&a)[4][4], const uint2 (&keep)[2]) {
+#pragma unroll
+  for (int x = 0; x < 2; ++x)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {  // columns 0-31 (word .x), 32-63 (.y)
+      const uint32_t word = half ? keep[x].y : keep[x].x;
+      const uint32_t lo = word << 7, hi = word << 6;  // bit 8b (+1) at the top of byte b
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        const int n = 4 * half + b;
+        const uint32_t selector = (0x8u | b) | (0x8u | b) << 4 | (0xCu | b) << 8 | (0xCu | b) << 12;
+        a[n / 2][2 * (n % 2) + x] &= replicate_sign_bytes(lo, hi, selector);
+      }
+    }
 }
 
 __device__ __forceinline__ uint8_t* align_1024(uint8_t* p) {
@@ -217,14 +250,14 @@ __global__ void __launch_bounds__(kGroups * kGroupThreads, 2)
   const int tiles = (len + kTile - 1) / kTile;
   auto stage_tile = [&](int tile, int which) { return smem + (2 * (tile % kStages) + which) * kTileBytes; };
   auto load_kv = [&](int tile) {
-    load_tile(stage_tile(tile, 0), k + head_offset, tile * kTile, seq, ld, tid, kGroups * kGroupThreads);
-    load_tile(stage_tile(tile, 1), v + head_offset, tile * kTile, seq, ld, tid, kGroups * kGroupThreads);
+    load_tile<kGroups * kGroupThreads>(stage_tile(tile, 0), k + head_offset, tile * kTile, seq, ld, tid);
+    load_tile<kGroups * kGroupThreads>(stage_tile(tile, 1), v + head_offset, tile * kTile, seq, ld, tid);
     copy_async_commit();
   };
 
   // Q through the third stage (first streamed into by tile 2, after the first loop barrier).
   uint8_t* q_tile = smem + 2 * (kStages - 1) * kTileBytes + wg * kTileBytes;
-  load_tile(q_tile, q + head_offset, q0, seq, ld, tid % kGroupThreads, kGroupThreads);
+  load_tile<kGroupThreads>(q_tile, q + head_offset, q0, seq, ld, tid % kGroupThreads);
   copy_async_commit();
   if (tiles > 0) load_kv(0);
   copy_async_wait<0>();
@@ -258,8 +291,8 @@ __global__ void __launch_bounds__(kGroups * kGroupThreads, 2)
       keep[x].y >>= 2 * t;
     }
   };
-  // The online softmax of S_j (in s): new row maxima and sums, s <- the dropped p, and in
-  // `correction` the factor that O (summed under the old maxima) must be rescaled by.
+  // The online softmax of S_j (in s): new row maxima and sums, s <- p, and in `correction` the
+  // factor that O (summed under the old maxima) must be rescaled by.
   float correction[2];
   auto softmax_tile = [&](int jt) {
     const int j0 = jt * kTile;
@@ -287,8 +320,7 @@ __global__ void __launch_bounds__(kGroups * kGroupThreads, 2)
         const int x = e >> 1;
         const float p = exp2f(fmaf(s[4 * n + e], scale2, -row_max[x]));
         row_sum[x] += p;
-        const uint32_t word = n < 4 ? keep[x].x : keep[x].y;
-        s[4 * n + e] = word & (1u << ((n & 3) * 8 + (e & 1))) ? p : 0.0f;  // 1 / (1 - p) at the end
+        s[4 * n + e] = p;
       }
   };
 
@@ -303,6 +335,7 @@ __global__ void __launch_bounds__(kGroups * kGroupThreads, 2)
     fence_registers(s);
     softmax_tile(0);
     accumulator_to_a<T>(pa, s);
+    drop_packed(pa, keep);  // 1 / (1 - p) at the end
   }
   for (int jt = 1; jt < tiles; ++jt) {
     begin_tile(jt);
@@ -322,6 +355,7 @@ __global__ void __launch_bounds__(kGroups * kGroupThreads, 2)
 #pragma unroll
     for (int i = 0; i < 32; ++i) o[i] *= correction[(i >> 1) & 1];
     accumulator_to_a<T>(pa, s);
+    drop_packed(pa, keep);  // 1 / (1 - p) at the end
   }
   if (tiles > 0) {
     fence_registers(o);
@@ -389,8 +423,8 @@ __global__ void __launch_bounds__(kGroupThreads, 2) flash_backward_kv_kernel(
     auto stage_tile = [&](int tile, int which) { return smem + (2 * (tile % kStages) + which) * kTileBytes; };
     auto load_queries = [&](int tile) {
       const int i0 = tile * kTile, st = tile % kStages;
-      load_tile(stage_tile(tile, 0), q + head_offset, i0, seq, ld, tid, kGroupThreads);
-      load_tile(stage_tile(tile, 1), dctx + ctx_offset, i0, seq, C, tid, kGroupThreads);
+      load_tile<kGroupThreads>(stage_tile(tile, 0), q + head_offset, i0, seq, ld, tid);
+      load_tile<kGroupThreads>(stage_tile(tile, 1), dctx + ctx_offset, i0, seq, C, tid);
       const int x = tid & (kTile - 1);
       const bool in = i0 + x < seq;
       const size_t row = size_t(bh) * seq + (in ? i0 + x : 0);
@@ -406,8 +440,8 @@ __global__ void __launch_bounds__(kGroupThreads, 2) flash_backward_kv_kernel(
 
     // K and V through the third stage (first streamed into by query tile 2, after barrier 1).
     uint8_t* kv_tiles = smem + 2 * (kStages - 1) * kTileBytes;
-    load_tile(kv_tiles, k + head_offset, j0, seq, ld, tid, kGroupThreads);
-    load_tile(kv_tiles + kTileBytes, v + head_offset, j0, seq, ld, tid, kGroupThreads);
+    load_tile<kGroupThreads>(kv_tiles, k + head_offset, j0, seq, ld, tid);
+    load_tile<kGroupThreads>(kv_tiles + kTileBytes, v + head_offset, j0, seq, ld, tid);
     copy_async_commit();
     load_queries(0);
     copy_async_wait<0>();
@@ -429,13 +463,22 @@ __global__ void __launch_bounds__(kGroupThreads, 2) flash_backward_kv_kernel(
     fence_registers(dp);
 
     // S^T, dPd^T of query tile it (in s, dp) -> Pd^T, dS^T (fp32, in place), one 8-query column
-    // block (accumulator block n: s[4n .. 4n + 3]) at a time.
-    auto elementwise = [&](int it) {
+    // block (accumulator block n: s[4n .. 4n + 3]) at a time. Only a warpgroup's last key tile or the
+    // last query tile (kEdge) has keys or queries outside the row to zero; the others skip the tests.
+    auto elementwise_tile = [&](int it, auto edge) {
+      constexpr bool kEdge = decltype(edge)::value;
       const int st = it % kStages, query_room = seq - it * kTile - 2 * t;
 #pragma unroll
       for (int n = 0; n < 8; ++n)
-        scores_to_ds_block(&s[4 * n], &dp[4 * n], lse_s[st], delta_s[st], mask_s[st], n * 8 + 2 * t, n * 8, query_room,
-                           dropout, keys, scale2, keep_scale);
+        scores_to_ds_block<kEdge>(&s[4 * n], &dp[4 * n], lse_s[st], delta_s[st], mask_s[st], n * 8 + 2 * t, n * 8,
+                                  query_room, dropout, keys, scale2, keep_scale);
+    };
+    const bool last_key_tile = j0 + kTile > len;
+    auto elementwise = [&](int it) {
+      if (last_key_tile || (it + 1) * kTile > seq)
+        elementwise_tile(it, std::true_type{});
+      else
+        elementwise_tile(it, std::false_type{});
     };
     // Waits for dV/dK += ..._{it-1} (their A registers), packs Pd^T and dS^T as A fragments, and
     // stores dS^T for the dQ kernel: keys kj[0], kj[1] x queries i0 + 16 kk + 2t (+8), +1.
