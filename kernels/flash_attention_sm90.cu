@@ -413,6 +413,26 @@ __global__ void __launch_bounds__(kGroups * kGroupThreads, 2)
 #endif
 }
 
+// The dK/dV kernels' result: scale x dK and dV of this thread's keys kj[0], kj[1] (those below
+// seq), columns 8n + 2t, +1 of a head slice (row stride ld).
+template <typename T>
+__device__ __forceinline__ void store_key_gradients(T* dk, T* dv, int ld, const WarpKeys& keys, int seq,
+                                                    const float (&dk_acc)[32], const float (&dv_acc)[32], float scale,
+                                                    int t) {
+#pragma unroll
+  for (int x = 0; x < 2; ++x) {
+    if (keys.kj[x] >= seq) continue;
+    const size_t row = size_t(keys.kj[x]) * ld;
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+      *reinterpret_cast<uint32_t*>(dk + row + n * 8 + 2 * t) =
+          Pack2<T>::pack(dk_acc[4 * n + 2 * x] * scale, dk_acc[4 * n + 2 * x + 1] * scale);
+      *reinterpret_cast<uint32_t*>(dv + row + n * 8 + 2 * t) =
+          Pack2<T>::pack(dv_acc[4 * n + 2 * x], dv_acc[4 * n + 2 * x + 1]);
+    }
+  }
+}
+
 // ---- backward: dK, dV (and dS^T for the dQ product) -----------------------------------------------
 // One warpgroup per 64 keys j0 .. j0 + 63 (row x head); warp w owns keys j0 + 16 w .. + 15, whose K
 // and V rows stay in registers as A fragments. Query tiles of 64 (Q, dO, lse, delta, mask words)
@@ -515,10 +535,10 @@ __global__ void __launch_bounds__(kGroupThreads, 2) flash_backward_kv_kernel(
     // stores dS^T for the dQ kernel: keys kj[0], kj[1] x queries i0 + 16 kk + 2t (+8), +1.
     auto pack = [&](int it) {
       wgmma_wait<0>();
-      fence_registers(dv_acc);
-      fence_registers(dk_acc);
-      fence_registers(pa);
-      fence_registers(sa);
+    fence_registers(dv_acc);
+    fence_registers(dk_acc);
+    fence_registers(pa);
+    fence_registers(sa);
       accumulator_to_a<T>(pa, s);
       accumulator_to_a<T>(sa, dp);
       if (ds_t) {
@@ -567,18 +587,7 @@ __global__ void __launch_bounds__(kGroupThreads, 2) flash_backward_kv_kernel(
     fence_registers(pa);
     fence_registers(sa);
   }
-#pragma unroll
-  for (int x = 0; x < 2; ++x) {
-    if (keys.kj[x] >= seq) continue;
-    const size_t row = head_offset + size_t(keys.kj[x]) * ld;
-#pragma unroll
-    for (int n = 0; n < 8; ++n) {
-      *reinterpret_cast<uint32_t*>(dk + row + n * 8 + 2 * t) =
-          Pack2<T>::pack(dk_acc[4 * n + 2 * x] * scale, dk_acc[4 * n + 2 * x + 1] * scale);
-      *reinterpret_cast<uint32_t*>(dv + row + n * 8 + 2 * t) =
-          Pack2<T>::pack(dv_acc[4 * n + 2 * x], dv_acc[4 * n + 2 * x + 1]);
-    }
-  }
+  store_key_gradients<T>(dk + head_offset, dv + head_offset, ld, keys, seq, dk_acc, dv_acc, scale, t);
 #endif
 }
 
@@ -717,18 +726,7 @@ __global__ void __launch_bounds__(kGroups * kGroupThreads, 1) flash_backward_sho
   fence_registers(pa);
   fence_registers(sa);
 
-#pragma unroll
-  for (int x = 0; x < 2; ++x) {
-    if (keys.kj[x] >= seq) continue;
-    const size_t row = head_offset + size_t(keys.kj[x]) * ld;
-#pragma unroll
-    for (int n = 0; n < 8; ++n) {
-      *reinterpret_cast<uint32_t*>(dk + row + n * 8 + 2 * t) =
-          Pack2<T>::pack(dk_acc[4 * n + 2 * x] * scale, dk_acc[4 * n + 2 * x + 1] * scale);
-      *reinterpret_cast<uint32_t*>(dv + row + n * 8 + 2 * t) =
-          Pack2<T>::pack(dv_acc[4 * n + 2 * x], dv_acc[4 * n + 2 * x + 1]);
-    }
-  }
+  store_key_gradients<T>(dk + head_offset, dv + head_offset, ld, keys, seq, dk_acc, dv_acc, scale, t);
 
   // dQ of query tile wg: dS (64 queries x all keys of the row) K, in k-steps of 16 keys.
   fence_proxy_async();  // the dS^T stores above, for the tensor cores
