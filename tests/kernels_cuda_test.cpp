@@ -602,14 +602,17 @@ TEST_P(CudaKernels, FlashAttentionWithPaddingAndDropoutMatchesCpu) {
   uint32_t seed = 900;
   // seq 77 and 130 take the mask kernel's per-key Philox path (seq % 8 != 0), the others one
   // call per eight keys; 256 spans two 128-query forward blocks and four key tiles; 512 (eight
-  // tiles, bert-base's length) cycles the Hopper kernels' three shared-memory stages more than once.
+  // tiles, bert-base's length) cycles the Hopper kernels' three shared-memory stages more than once;
+  // on the Hopper kernels seq <= 128 takes the one-kernel backward (one and two warpgroups: 50, 96,
+  // 128), with rows whose keys end inside, at and just past the first 64-key tile.
   const bool hopper = cu::flash_attention_uses_wgmma(type, 128, 2);
   std::cout << "[ attention ] " << llmqs::kernels::dtype_name(type) << " head_dim 64 runs "
             << (hopper ? "the wgmma kernels, then the mma.sync ones" : "the mma.sync kernels (no sm_90a code here)")
             << "\n";
   for (const Shape& s : {Shape{2, 128, 128, 2, {100, 128}}, Shape{3, 77, 96, 3, {77, 40, 1}},
                          Shape{1, 200, 256, 4, {131}}, Shape{2, 256, 128, 2, {256, 190}},
-                         Shape{1, 130, 64, 2, {130}}, Shape{2, 512, 128, 2, {512, 301}}}) {
+                         Shape{1, 130, 64, 2, {130}}, Shape{2, 512, 128, 2, {512, 301}},
+                         Shape{3, 50, 128, 2, {50, 17, 1}}, Shape{4, 96, 128, 2, {96, 70, 64, 65}}}) {
     ASSERT_TRUE(cu::flash_attention_supported(type, s.C, s.heads));
     for (const float p : {0.0f, 0.1f}) {
       const std::string base_what = "seq=" + std::to_string(s.seq) + " C=" + std::to_string(s.C) + " heads=" +
