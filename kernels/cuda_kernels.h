@@ -175,6 +175,8 @@ void attention_backward(void* dq, void* dk, void* dv, const void* dctx, const vo
 // flash_attention_ds_elements(rows, seq, heads) elements of `type`: the dK/dV kernel then stores
 // dS (rounded to `type`, as the products use it) and dQ becomes one product over it, instead of a
 // third kernel that recomputes S, P and dO V^T (measured in docs/performance.md, section 4).
+// Where the Hopper kernels run and seq <= 128, one kernel does the whole backward with dS on chip
+// and ds_scratch is not touched (docs/performance.md, section 9).
 // dq, dk, dv are overwritten. q, k, v, dq, dk, dv have row stride qkv_ld (C, or 3C when they are
 // the column blocks of one [tokens x 3C] buffer); ctx and dctx row stride C. Unsupported shapes throw.
 bool flash_attention_supported(DType type, int C, int heads);

@@ -1,7 +1,8 @@
-// Fused attention on Hopper's warpgroup MMA (wgmma, sm_90a), head_dim 64: the forward and the
-// dK/dV kernel of the backward. Same math, buffers and layouts as kernels/flash_attention.cu
-// (read its opening comment for the formulas; CPU twin kernels/cpu/attention.h), so the two are
-// interchangeable call by call and the dQ product over the stored dS^T is shared.
+// Fused attention on Hopper's warpgroup MMA (wgmma, sm_90a), head_dim 64: the forward, the
+// dK/dV kernel of the backward, and for rows up to 128 tokens the whole backward in one kernel.
+// Same math, buffers and layouts as kernels/flash_attention.cu (read its opening comment for the
+// formulas; CPU twin kernels/cpu/attention.h), so the two are interchangeable call by call and the
+// dQ product over the stored dS^T is shared.
 //
 // Why a second file: mma.sync's operands pass through registers, so every 16-row warp tile reloads
 // its B fragments from shared memory with ldmatrix, and the attention kernels stalled at ~200
