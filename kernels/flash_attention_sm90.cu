@@ -28,6 +28,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <type_traits>
 
@@ -593,165 +594,205 @@ __global__ void __launch_bounds__(kGroupThreads, 2) flash_backward_kv_kernel(
 }
 
 // ---- backward of short rows: dQ, dK, dV in one kernel (seq <= 64 kGroups) ------------------------
-// One block per row x head holds the whole row: warpgroup wg owns keys 64 wg .. + 63, and every
-// query tile (at most kGroups) is in shared memory from the start, with K and V (both operands of
-// the score products come from shared memory, so no registers hold K or V). Per query tile i each
-// warpgroup computes S^T = K Q_i^T and dPd^T = V dO_i^T for its keys, the elementwise Pd^T, dS^T,
+// A block holds a whole row x head at a time: warpgroup wg owns keys 64 wg .. + 63, and every
+// query tile (at most kGroups) is in shared memory with K, V, dO and O (both operands of the score
+// products come from shared memory, so no registers hold K or V). Per query tile i each warpgroup
+// computes S^T = K Q_i^T and dPd^T = V dO_i^T for its keys, the elementwise Pd^T, dS^T,
 // dV += Pd^T dO_i, dK += dS^T Q_i (as the dK/dV kernel above), and writes dS^T into shared
 // memory; once every tile is done, warpgroup wg forms dQ of query tile wg = dS K over all keys of
 // the row (A = dS^T read M-major, B = K read MN-major) and stores it. So dS never leaves the SM,
 // no dQ kernel runs, and the sum over keys has one fixed order (no atomics: runs repeat bit for bit).
-// Shared memory, 64 x 64 tiles of 8 KiB: K[kGroups], V[kGroups], Q[kGroups], dO[kGroups], then
-// dS^T[query tile][key tile] (kGroups^2; one query tile's key tiles adjacent, so its 16-key
-// k-steps are 2048 bytes apart across the tiles, as they are across K's).
-// The launcher picks kGroups = ceil(seq / 64), so every loop below has a fixed trip count (a
-// data-dependent exit between a wgmma and its wait makes ptxas serialise them all, C7515).
+// delta = dO . O is formed here from the tiles (the delta kernel's order: eight products per
+// 16-byte pack, then the eight packs of a head by the same xor tree), so that kernel does not run.
+// Persistent: a block takes row x heads blockIdx.x, + gridDim.x, ... (the launcher sizes the grid to
+// the resident blocks), with two input buffers: the next row x head's copies are issued as soon as
+// this one's have landed, so they overlap its products instead of leaving the SM idle.
+// Shared memory, 64 x 64 tiles of 8 KiB: per buffer K[kGroups], V[kGroups], Q[kGroups],
+// dO[kGroups], O[kGroups]; then dS^T[query tile][key tile] (kGroups^2; one query tile's key tiles
+// adjacent, so its 16-key k-steps are 2048 bytes apart across the tiles, as they are across K's).
+// The launcher picks kGroups = ceil(seq / 64), so every loop over tiles has a fixed trip count (a
+// data-dependent exit between a wgmma and its wait makes ptxas serialise them all, C7515); the loop
+// over rows x heads has nothing in flight at its back edge.
+template <int kGroups>
+constexpr int kShortBufferTiles = 5 * kGroups;
+
 template <typename T, int kGroups>
 __global__ void __launch_bounds__(kGroups * kGroupThreads, 1) flash_backward_short_kernel(
-    T* dq, T* dk, T* dv, const T* q, const T* k, const T* v, const T* dctx, const float* lse, const float* delta,
-    const uint32_t* mask, const int32_t* lengths, int seq, int C, int ld, int heads, DropoutSite site) {
+    T* dq, T* dk, T* dv, const T* q, const T* k, const T* v, const T* dctx, const T* ctx, const float* lse,
+    const uint32_t* mask, const int32_t* lengths, int items, int seq, int C, int ld, int heads, DropoutSite site) {
 #ifdef LLMQS_WGMMA
   constexpr int kThreads = kGroups * kGroupThreads, kRows = kGroups * kTile;
+  constexpr int kBufferBytes = kShortBufferTiles<kGroups> * kTileBytes;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = align_1024(smem_raw);
-  uint8_t* k_s = smem;
-  uint8_t* v_s = k_s + kGroups * kTileBytes;
-  uint8_t* q_s = v_s + kGroups * kTileBytes;
-  uint8_t* do_s = q_s + kGroups * kTileBytes;
-  uint8_t* ds_s = do_s + kGroups * kTileBytes;
-  __shared__ __align__(16) float lse_s[kRows], delta_s[kRows];
-  __shared__ __align__(16) uint2 mask_s[kGroups][kRows];  // [key tile][query]
+  uint8_t* ds_s = smem + 2 * kBufferBytes;
+  __shared__ __align__(16) float lse_s[2][kRows], delta_s[kRows];
+  __shared__ __align__(16) uint2 mask_s[2][kGroups][kRows];  // [buffer][key tile][query]
   const int tid = threadIdx.x, wg = tid / kGroupThreads, warp = (tid / 32) % 4, lane = tid & 31;
   const int g = lane >> 2, t = lane & 3;
-  const int bh = blockIdx.x, r = bh / heads, h = bh % heads;
-  const int len = lengths[r];
-  const size_t head_offset = size_t(r) * seq * ld + size_t(h) * kHeadDim;  // q, k, v, dq, dk, dv
-  const size_t ctx_offset = size_t(r) * seq * C + size_t(h) * kHeadDim;   // dctx
   const float scale = rsqrtf(float(kHeadDim)), scale2 = scale * kLog2e;
   const bool dropout = site.p > 0.0f;
   const float keep_scale = dropout ? 1.0f / (1.0f - site.p) : 1.0f;
   const int words = mask_words_per_row(seq);
   const int j0 = wg * kTile;
-  const WarpKeys keys = warp_keys(j0, warp, g, len);
-
+  // Tile i of tensor `which` (0 K, 1 V, 2 Q, 3 dO, 4 O) in buffer b.
+  auto tile_of = [&](int b, int which, int i) { return smem + b * kBufferBytes + (which * kGroups + i) * kTileBytes; };
+  auto issue_loads = [&](int bh, int b) {
+    const int r = bh / heads, h = bh % heads;
+    const size_t head_offset = size_t(r) * seq * ld + size_t(h) * kHeadDim;
+    const size_t ctx_offset = size_t(r) * seq * C + size_t(h) * kHeadDim;
 #pragma unroll
-  for (int i = 0; i < kGroups; ++i) {
-    load_tile<kThreads>(k_s + i * kTileBytes, k + head_offset, i * kTile, seq, ld, tid);
-    load_tile<kThreads>(v_s + i * kTileBytes, v + head_offset, i * kTile, seq, ld, tid);
-    load_tile<kThreads>(q_s + i * kTileBytes, q + head_offset, i * kTile, seq, ld, tid);
-    load_tile<kThreads>(do_s + i * kTileBytes, dctx + ctx_offset, i * kTile, seq, C, tid);
-  }
-  {
+    for (int i = 0; i < kGroups; ++i) {
+      load_tile<kThreads>(tile_of(b, 0, i), k + head_offset, i * kTile, seq, ld, tid);
+      load_tile<kThreads>(tile_of(b, 1, i), v + head_offset, i * kTile, seq, ld, tid);
+      load_tile<kThreads>(tile_of(b, 2, i), q + head_offset, i * kTile, seq, ld, tid);
+      load_tile<kThreads>(tile_of(b, 3, i), dctx + ctx_offset, i * kTile, seq, C, tid);
+      load_tile<kThreads>(tile_of(b, 4, i), ctx + ctx_offset, i * kTile, seq, C, tid);
+    }
     const int x = tid % kRows;  // a query of the row
     const bool in = x < seq;
     const size_t row = size_t(bh) * seq + (in ? x : 0);
     if (tid < kRows) {
-      copy_async<4>(&lse_s[x], lse + row, in);
+      copy_async<4>(&lse_s[b][x], lse + row, in);
       if (dropout)
 #pragma unroll
-        for (int kt = 0; kt < kGroups; ++kt) copy_async<8>(&mask_s[kt][x], mask + row * words + 2 * kt, in && kt * kTile < seq);
-    } else {
-      copy_async<4>(&delta_s[x], delta + row, in);
+        for (int kt = 0; kt < kGroups; ++kt)
+          copy_async<8>(&mask_s[b][kt][x], mask + row * words + 2 * kt, in && kt * kTile < seq);
     }
-  }
-  copy_async_commit();
-  copy_async_wait<0>();
-  fence_proxy_async();
-  __syncthreads();
+    copy_async_commit();
+  };
 
-  float dk_acc[32], dv_acc[32], s[32], dp[32];
-  uint32_t pa[4][4], sa[4][4];
+  if (int(blockIdx.x) < items) issue_loads(blockIdx.x, 0);
+  int b = 0;
+  for (int bh = blockIdx.x; bh < items; bh += gridDim.x, b ^= 1) {
+    const int r = bh / heads, h = bh % heads;
+    const int len = lengths[r];
+    const size_t head_offset = size_t(r) * seq * ld + size_t(h) * kHeadDim;  // q, k, v, dq, dk, dv
+    const WarpKeys keys = warp_keys(j0, warp, g, len);
+    copy_async_wait<0>();  // this row x head's tiles (the only copies in flight)
+    fence_proxy_async();
+    __syncthreads();  // also: every warpgroup is done with the previous row x head (buffer b ^ 1, dS^T)
+    if (bh + int(gridDim.x) < items) issue_loads(bh + gridDim.x, b ^ 1);
+
+    // delta of every query: lanes 8 m .. 8 m + 7 of a warp take the eight 16-byte packs of one query.
+    {
+      constexpr int kQueriesPerPass = 4 * (kThreads / 32);
+      const int pack = lane & 7;
 #pragma unroll
-  for (int i = 0; i < 32; ++i) dk_acc[i] = dv_acc[i] = 0.0f;
-  const uint8_t* k_tile = k_s + wg * kTileBytes;
-  const uint8_t* v_tile = v_s + wg * kTileBytes;
-  const bool last_key_tile = j0 + kTile > len;
-  // This thread's dS^T words in a swizzled tile: key rows warp 16 + g (+ 8), query column pairs
-  // 16 kk + 2t (+ 8) (chunk 2 kk (+ 1), bytes 4t of it).
-  const int ds_row = warp * 16 + g;
+#pragma unroll 1
+      for (int pass = 0; pass < kRows / kQueriesPerPass; ++pass) {
+        const int x = pass * kQueriesPerPass + (tid / 32) * 4 + (lane >> 3);
+        const int row = x % kTile;
+        const int offset = row * 128 + ((pack ^ (row & 7)) << 4);
+        float a[8], o[8];
+        load_pack(reinterpret_cast<const T*>(tile_of(b, 3, x / kTile) + offset), a);
+        load_pack(reinterpret_cast<const T*>(tile_of(b, 4, x / kTile) + offset), o);
+        float sum = 0.0f;
 #pragma unroll
-  for (int it = 0; it < kGroups; ++it) {
-    wgmma_fence();
+        for (int e = 0; e < 8; ++e) sum += a[e] * o[e];
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
-      wgmma_ss_64x64x16<T, 0, 0>(s, tile_descriptor(k_tile + kk * 32), tile_descriptor(q_s + it * kTileBytes + kk * 32),
-                                 kk > 0);
+        for (int step = 1; step < 8; step <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, step);
+        if (pack == 0) delta_s[x] = sum;
+      }
+    }
+    __syncthreads();
+
+    float dk_acc[32], dv_acc[32], s[32], dp[32];
+    uint32_t pa[4][4], sa[4][4];
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
-      wgmma_ss_64x64x16<T, 0, 0>(dp, tile_descriptor(v_tile + kk * 32),
-                                 tile_descriptor(do_s + it * kTileBytes + kk * 32), kk > 0);
-    wgmma_commit();
-    wgmma_wait<0>();  // also dV/dK += ..._{it-1}: its A registers are free below
-    fence_registers(s);
-    fence_registers(dp);
+    for (int i = 0; i < 32; ++i) dk_acc[i] = dv_acc[i] = 0.0f;
+    const uint8_t* k_tile = tile_of(b, 0, wg);
+    const uint8_t* v_tile = tile_of(b, 1, wg);
+    const bool last_key_tile = j0 + kTile > len;
+    // This thread's dS^T words in a swizzled tile: key rows warp 16 + g (+ 8), query column pairs
+    // 16 kk + 2t (+ 8) (chunk 2 kk (+ 1), bytes 4t of it).
+    const int ds_row = warp * 16 + g;
+#pragma unroll
+    for (int it = 0; it < kGroups; ++it) {
+      const uint8_t* q_tile = tile_of(b, 2, it);
+      const uint8_t* do_tile = tile_of(b, 3, it);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+        wgmma_ss_64x64x16<T, 0, 0>(s, tile_descriptor(k_tile + kk * 32), tile_descriptor(q_tile + kk * 32), kk > 0);
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+        wgmma_ss_64x64x16<T, 0, 0>(dp, tile_descriptor(v_tile + kk * 32), tile_descriptor(do_tile + kk * 32), kk > 0);
+      wgmma_commit();
+      wgmma_wait<0>();  // also dV/dK += ..._{it-1}: its A registers are free below
+      fence_registers(s);
+      fence_registers(dp);
+      fence_registers(dv_acc);
+      fence_registers(dk_acc);
+      fence_registers(pa);
+      fence_registers(sa);
+      const int query_room = seq - it * kTile - 2 * t;
+      if (last_key_tile || (it + 1) * kTile > seq) {
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+          scores_to_ds_block<true>(&s[4 * n], &dp[4 * n], lse_s[b] + it * kTile, delta_s + it * kTile,
+                                   mask_s[b][wg] + it * kTile, n * 8 + 2 * t, n * 8, query_room, dropout, keys, scale2,
+                                   keep_scale);
+      } else {
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+          scores_to_ds_block<false>(&s[4 * n], &dp[4 * n], lse_s[b] + it * kTile, delta_s + it * kTile,
+                                    mask_s[b][wg] + it * kTile, n * 8 + 2 * t, n * 8, query_room, dropout, keys,
+                                    scale2, keep_scale);
+      }
+      accumulator_to_a<T>(pa, s);
+      accumulator_to_a<T>(sa, dp);
+      uint8_t* ds_tile = ds_s + (it * kGroups + wg) * kTileBytes;
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {  // query columns 16 kk + 2t and + 8
+          const int chunk = 2 * kk + half;
+#pragma unroll
+          for (int x = 0; x < 2; ++x) {  // key rows ds_row, + 8
+            const int row = ds_row + 8 * x;
+            *reinterpret_cast<uint32_t*>(ds_tile + row * 128 + ((chunk ^ (row & 7)) << 4) + 4 * t) =
+                sa[kk][2 * half + x];
+          }
+        }
+      wgmma_fence();
+      wgmma_64x64x64<T, 1>(dv_acc, pa, do_tile, true);
+      wgmma_64x64x64<T, 1>(dk_acc, sa, q_tile, true);
+      wgmma_commit();
+    }
+    wgmma_wait<0>();
     fence_registers(dv_acc);
     fence_registers(dk_acc);
     fence_registers(pa);
     fence_registers(sa);
-    const int query_room = seq - it * kTile - 2 * t;
-    if (last_key_tile || (it + 1) * kTile > seq) {
+
+    store_key_gradients<T>(dk + head_offset, dv + head_offset, ld, keys, seq, dk_acc, dv_acc, scale, t);
+
+    // dQ of query tile wg: dS (64 queries x all keys of the row) K, in k-steps of 16 keys.
+    fence_proxy_async();  // the dS^T stores above, for the tensor cores
+    __syncthreads();
+    {
+      float dq_acc[32];
+      const uint8_t* ds_tiles = ds_s + wg * kGroups * kTileBytes;
+      const uint8_t* k_tiles = tile_of(b, 0, 0);
+      wgmma_fence();
 #pragma unroll
-      for (int n = 0; n < 8; ++n)
-        scores_to_ds_block<true>(&s[4 * n], &dp[4 * n], lse_s + it * kTile, delta_s + it * kTile,
-                                 mask_s[wg] + it * kTile, n * 8 + 2 * t, n * 8, query_room, dropout, keys, scale2,
-                                 keep_scale);
-    } else {
+      for (int kk = 0; kk < 4 * kGroups; ++kk)
+        wgmma_ss_64x64x16<T, 1, 1>(dq_acc, tile_descriptor(ds_tiles + kk * 2048), tile_descriptor(k_tiles + kk * 2048),
+                                   kk > 0);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_registers(dq_acc);
 #pragma unroll
-      for (int n = 0; n < 8; ++n)
-        scores_to_ds_block<false>(&s[4 * n], &dp[4 * n], lse_s + it * kTile, delta_s + it * kTile,
-                                  mask_s[wg] + it * kTile, n * 8 + 2 * t, n * 8, query_room, dropout, keys, scale2,
-                                  keep_scale);
-    }
-    accumulator_to_a<T>(pa, s);
-    accumulator_to_a<T>(sa, dp);
-    uint8_t* ds_tile = ds_s + (it * kGroups + wg) * kTileBytes;
+      for (int x = 0; x < 2; ++x) {
+        const int i = wg * kTile + warp * 16 + g + 8 * x;
+        if (i >= seq) continue;
+        T* out = dq + head_offset + size_t(i) * ld;
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {  // query columns 16 kk + 2t and + 8
-        const int chunk = 2 * kk + half;
-#pragma unroll
-        for (int x = 0; x < 2; ++x) {  // key rows ds_row, + 8
-          const int row = ds_row + 8 * x;
-          *reinterpret_cast<uint32_t*>(ds_tile + row * 128 + ((chunk ^ (row & 7)) << 4) + 4 * t) = sa[kk][2 * half + x];
-        }
+        for (int n = 0; n < 8; ++n)
+          *reinterpret_cast<uint32_t*>(out + n * 8 + 2 * t) =
+              Pack2<T>::pack(dq_acc[4 * n + 2 * x] * scale, dq_acc[4 * n + 2 * x + 1] * scale);
       }
-    wgmma_fence();
-    wgmma_64x64x64<T, 1>(dv_acc, pa, do_s + it * kTileBytes, true);
-    wgmma_64x64x64<T, 1>(dk_acc, sa, q_s + it * kTileBytes, true);
-    wgmma_commit();
-  }
-  wgmma_wait<0>();
-  fence_registers(dv_acc);
-  fence_registers(dk_acc);
-  fence_registers(pa);
-  fence_registers(sa);
-
-  store_key_gradients<T>(dk + head_offset, dv + head_offset, ld, keys, seq, dk_acc, dv_acc, scale, t);
-
-  // dQ of query tile wg: dS (64 queries x all keys of the row) K, in k-steps of 16 keys.
-  fence_proxy_async();  // the dS^T stores above, for the tensor cores
-  __syncthreads();
-  {
-    float dq_acc[32];
-    const uint8_t* ds_tiles = ds_s + wg * kGroups * kTileBytes;
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < 4 * kGroups; ++kk)
-      wgmma_ss_64x64x16<T, 1, 1>(dq_acc, tile_descriptor(ds_tiles + kk * 2048), tile_descriptor(k_s + kk * 2048),
-                                 kk > 0);
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_registers(dq_acc);
-#pragma unroll
-    for (int x = 0; x < 2; ++x) {
-      const int i = wg * kTile + warp * 16 + g + 8 * x;
-      if (i >= seq) continue;
-      T* out = dq + head_offset + size_t(i) * ld;
-#pragma unroll
-      for (int n = 0; n < 8; ++n)
-        *reinterpret_cast<uint32_t*>(out + n * 8 + 2 * t) =
-            Pack2<T>::pack(dq_acc[4 * n + 2 * x] * scale, dq_acc[4 * n + 2 * x + 1] * scale);
     }
   }
 #endif
@@ -760,7 +801,7 @@ __global__ void __launch_bounds__(kGroups * kGroupThreads, 1) flash_backward_sho
 constexpr int kForwardSmemBytes = 2 * kStages * kTileBytes + 1024;   // + alignment slack
 constexpr int kBackwardSmemBytes = 2 * kStages * kTileBytes + 1024;
 template <int kGroups>
-constexpr int kShortBackwardSmemBytes = (4 * kGroups + kGroups * kGroups) * kTileBytes + 1024;
+constexpr int kShortBackwardSmemBytes = (2 * kShortBufferTiles<kGroups> + kGroups * kGroups) * kTileBytes + 1024;
 
 // Raises a kernel's dynamic shared-memory limit past the default 48 KB, once per process
 // (one GPU per process, as the backend runs).
@@ -798,30 +839,37 @@ void launch_backward_kv(void* dk, void* dv, void* ds_t, const void* q, const voi
 
 template <typename T, int kGroups>
 void launch_backward_short(void* dq, void* dk, void* dv, const void* q, const void* k, const void* v, const void* dctx,
-                           const float* lse, const float* delta, const uint32_t* mask, const int32_t* lengths,
-                           int rows, int seq, int C, int ld, int heads, const DropoutSite& site, cudaStream_t stream) {
-  static const bool ready = (allow_shared_memory(flash_backward_short_kernel<T, kGroups>,
-                                                 kShortBackwardSmemBytes<kGroups>),
-                             true);
-  (void)ready;
-  flash_backward_short_kernel<T, kGroups><<<rows * heads, kGroups * kGroupThreads, kShortBackwardSmemBytes<kGroups>,
-                                            stream>>>(
+                           const void* ctx, const float* lse, const uint32_t* mask, const int32_t* lengths, int rows,
+                           int seq, int C, int ld, int heads, const DropoutSite& site, cudaStream_t stream) {
+  constexpr auto kernel = flash_backward_short_kernel<T, kGroups>;
+  constexpr int kThreads = kGroups * kGroupThreads, kSmem = kShortBackwardSmemBytes<kGroups>;
+  // The persistent grid: every block that fits the device at once (one GPU per process).
+  static const int resident = [&] {
+    allow_shared_memory(kernel, kSmem);
+    int device = 0, sms = 0, per_sm = 0;
+    CUDA_CHECK(cudaGetDevice(&device));
+    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, kSmem));
+    return std::max(1, sms * per_sm);
+  }();
+  const int items = rows * heads;
+  kernel<<<std::min(items, resident), kThreads, kSmem, stream>>>(
       static_cast<T*>(dq), static_cast<T*>(dk), static_cast<T*>(dv), static_cast<const T*>(q),
-      static_cast<const T*>(k), static_cast<const T*>(v), static_cast<const T*>(dctx), lse, delta, mask, lengths, seq,
-      C, ld, heads, site);
+      static_cast<const T*>(k), static_cast<const T*>(v), static_cast<const T*>(dctx), static_cast<const T*>(ctx), lse,
+      mask, lengths, items, seq, C, ld, heads, site);
   CUDA_CHECK_LAUNCH("sm90::flash_backward_short_kernel");
 }
 
 template <typename T>
 void launch_backward_short(void* dq, void* dk, void* dv, const void* q, const void* k, const void* v, const void* dctx,
-                           const float* lse, const float* delta, const uint32_t* mask, const int32_t* lengths,
-                           int rows, int seq, int C, int ld, int heads, const DropoutSite& site, cudaStream_t stream) {
+                           const void* ctx, const float* lse, const uint32_t* mask, const int32_t* lengths, int rows,
+                           int seq, int C, int ld, int heads, const DropoutSite& site, cudaStream_t stream) {
   static_assert(kShortBackwardMaxSeq == 2 * kTile, "one or two warpgroups of 64 keys");
   if (seq <= kTile)
-    launch_backward_short<T, 1>(dq, dk, dv, q, k, v, dctx, lse, delta, mask, lengths, rows, seq, C, ld, heads, site,
+    launch_backward_short<T, 1>(dq, dk, dv, q, k, v, dctx, ctx, lse, mask, lengths, rows, seq, C, ld, heads, site,
                                 stream);
   else
-    launch_backward_short<T, 2>(dq, dk, dv, q, k, v, dctx, lse, delta, mask, lengths, rows, seq, C, ld, heads, site,
+    launch_backward_short<T, 2>(dq, dk, dv, q, k, v, dctx, ctx, lse, mask, lengths, rows, seq, C, ld, heads, site,
                                 stream);
 }
 
@@ -849,15 +897,15 @@ void flash_backward_kv(bool bf16, void* dk, void* dv, void* ds_t, const void* q,
 }
 
 void flash_backward_short(bool bf16, void* dq, void* dk, void* dv, const void* q, const void* k, const void* v,
-                          const void* dctx, const float* lse, const float* delta, const uint32_t* mask,
+                          const void* dctx, const void* ctx, const float* lse, const uint32_t* mask,
                           const int32_t* lengths, int rows, int seq, int C, int ld, int heads, const DropoutSite& site,
                           cudaStream_t stream) {
   if (seq <= 0 || seq > kShortBackwardMaxSeq) throw std::invalid_argument("sm90::flash_backward_short: seq out of range");
   if (bf16)
-    launch_backward_short<__nv_bfloat16>(dq, dk, dv, q, k, v, dctx, lse, delta, mask, lengths, rows, seq, C, ld, heads,
+    launch_backward_short<__nv_bfloat16>(dq, dk, dv, q, k, v, dctx, ctx, lse, mask, lengths, rows, seq, C, ld, heads,
                                          site, stream);
   else
-    launch_backward_short<__half>(dq, dk, dv, q, k, v, dctx, lse, delta, mask, lengths, rows, seq, C, ld, heads, site,
+    launch_backward_short<__half>(dq, dk, dv, q, k, v, dctx, ctx, lse, mask, lengths, rows, seq, C, ld, heads, site,
                                   stream);
 }
 

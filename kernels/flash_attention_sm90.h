@@ -23,11 +23,12 @@ void flash_backward_kv(bool bf16, void* dk, void* dv, void* ds_t, const void* q,
                        const int32_t* lengths, int rows, int seq, int seq_pad, int C, int ld, int heads,
                        const DropoutSite& site, cudaStream_t stream);
 
-// The whole backward (dQ, dK, dV) of rows up to kShortBackwardMaxSeq tokens in one kernel, one
-// block per row x head: dS stays in shared memory, so neither dS^T nor a dQ kernel is needed.
+// The whole backward (dQ, dK, dV) of rows up to kShortBackwardMaxSeq tokens in one persistent
+// kernel, a row x head per block at a time: dS stays in shared memory, so neither dS^T nor a dQ
+// kernel is needed, and delta = dO . O is formed from ctx (the forward's output) in the kernel.
 constexpr int kShortBackwardMaxSeq = 128;
 void flash_backward_short(bool bf16, void* dq, void* dk, void* dv, const void* q, const void* k, const void* v,
-                          const void* dctx, const float* lse, const float* delta, const uint32_t* mask,
+                          const void* dctx, const void* ctx, const float* lse, const uint32_t* mask,
                           const int32_t* lengths, int rows, int seq, int C, int ld, int heads, const DropoutSite& site,
                           cudaStream_t stream);
 
