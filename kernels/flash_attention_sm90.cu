@@ -415,6 +415,140 @@ __global__ void __launch_bounds__(kGroups * kGroupThreads, 2)
 #endif
 }
 
+// ---- forward of short rows (seq <= 64 kGroups) ----------------------------------------------------
+// A block holds a whole row x head at a time: Q, K and V of all its (at most kGroups) tiles sit in
+// shared memory, warpgroup wg owns queries 64 wg .. + 63. With every key of the row at hand the
+// softmax needs no running maximum: S_j = Q K_j^T for all key tiles (both operands from shared
+// memory), the row maxima and sums over all of them, then O = sum_j P_j V_j, scaled once.
+// Persistent with two buffers, as the short backward below: the next row x head's copies are issued
+// when this one's have landed. Same outputs and layouts as flash_forward_kernel (ctx, lse in the
+// log2 domain); the sums run in another order, so the bits may differ from it in the last place.
+template <typename T, int kGroups>
+__global__ void __launch_bounds__(kGroups * kGroupThreads, kGroups == 1 ? 4 : 1) flash_forward_short_kernel(
+    T* ctx, float* lse, const uint32_t* mask, const T* q, const T* k, const T* v, const int32_t* lengths, int items,
+    int seq, int C, int ld, int heads, DropoutSite site) {
+#ifdef LLMQS_WGMMA
+  constexpr int kThreads = kGroups * kGroupThreads;
+  constexpr int kBufferBytes = 3 * kGroups * kTileBytes;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = align_1024(smem_raw);
+  const int tid = threadIdx.x, wg = tid / kGroupThreads, warp = (tid / 32) % 4, lane = tid & 31;
+  const int g = lane >> 2, t = lane & 3;
+  const float scale2 = rsqrtf(float(kHeadDim)) * kLog2e;
+  const bool dropout = site.p > 0.0f;
+  const float keep_scale = 1.0f / (1.0f - site.p);
+  const int words = mask_words_per_row(seq);
+  // Tile i of tensor `which` (0 Q, 1 K, 2 V) in buffer b.
+  auto tile_of = [&](int b, int which, int i) { return smem + b * kBufferBytes + (which * kGroups + i) * kTileBytes; };
+  auto issue_loads = [&](int bh, int b) {
+    const int r = bh / heads, h = bh % heads;
+    const size_t head_offset = size_t(r) * seq * ld + size_t(h) * kHeadDim;
+#pragma unroll
+    for (int i = 0; i < kGroups; ++i) {
+      load_tile<kThreads>(tile_of(b, 0, i), q + head_offset, i * kTile, seq, ld, tid);
+      load_tile<kThreads>(tile_of(b, 1, i), k + head_offset, i * kTile, seq, ld, tid);
+      load_tile<kThreads>(tile_of(b, 2, i), v + head_offset, i * kTile, seq, ld, tid);
+    }
+    copy_async_commit();
+  };
+  int rows[2];
+  for (int x = 0; x < 2; ++x) rows[x] = 64 * wg + warp * 16 + g + 8 * x;
+
+  if (int(blockIdx.x) < items) issue_loads(blockIdx.x, 0);
+  int b = 0;
+  for (int bh = blockIdx.x; bh < items; bh += gridDim.x, b ^= 1) {
+    const int r = bh / heads, h = bh % heads;
+    const int len = lengths[r];
+    // This thread's keep bits of every key tile (shifted right by 2t, as flash_forward_kernel's).
+    uint2 keep[kGroups][2];
+#pragma unroll
+    for (int j = 0; j < kGroups; ++j)
+#pragma unroll
+      for (int x = 0; x < 2; ++x) {
+        keep[j][x] = dropout && rows[x] < seq
+                         ? *reinterpret_cast<const uint2*>(mask + (size_t(bh) * seq + rows[x]) * words + 2 * j)
+                         : make_uint2(~0u, ~0u);
+        keep[j][x].x >>= 2 * t;
+        keep[j][x].y >>= 2 * t;
+      }
+    copy_async_wait<0>();  // this row x head's tiles (the only copies in flight)
+    fence_proxy_async();
+    __syncthreads();  // also: every warpgroup is done with the previous row x head (buffer b ^ 1)
+    if (bh + int(gridDim.x) < items) issue_loads(bh + gridDim.x, b ^ 1);
+
+    float s[kGroups][32];
+    const uint8_t* q_tile = tile_of(b, 0, wg);
+    wgmma_fence();
+#pragma unroll
+    for (int j = 0; j < kGroups; ++j)
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+        wgmma_ss_64x64x16<T, 0, 0>(s[j], tile_descriptor(q_tile + kk * 32), tile_descriptor(tile_of(b, 1, j) + kk * 32),
+                                   kk > 0);
+    wgmma_commit();
+    wgmma_wait<0>();
+#pragma unroll
+    for (int j = 0; j < kGroups; ++j) fence_registers(s[j]);
+
+    // Keys past the length (only in the tile that holds it, or past it) get no weight.
+#pragma unroll
+    for (int j = 0; j < kGroups; ++j)
+      if (j * kTile + kTile > len) {
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            if (j * kTile + n * 8 + 2 * t + (e & 1) >= len) s[j][4 * n + e] = -INFINITY;
+      }
+    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int j = 0; j < kGroups; ++j)
+#pragma unroll
+      for (int i = 0; i < 32; ++i) row_max[(i >> 1) & 1] = fmaxf(row_max[(i >> 1) & 1], s[j][i]);
+#pragma unroll
+    for (int x = 0; x < 2; ++x) row_max[x] = quad_max(row_max[x]) * scale2;  // finite: key 0 is valid
+    uint32_t pa[kGroups][4][4];  // P (dropped, unscaled) as A fragments
+#pragma unroll
+    for (int j = 0; j < kGroups; ++j) {
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int x = e >> 1;
+          const float p = exp2f(fmaf(s[j][4 * n + e], scale2, -row_max[x]));
+          row_sum[x] += p;
+          s[j][4 * n + e] = p;
+        }
+      accumulator_to_a<T>(pa[j], s[j]);
+      drop_packed(pa[j], keep[j]);  // 1 / (1 - p) at the end
+    }
+    float o[32];
+    wgmma_fence();
+#pragma unroll
+    for (int j = 0; j < kGroups; ++j) wgmma_64x64x64<T, 1>(o, pa[j], tile_of(b, 2, j), j > 0);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_registers(o);
+#pragma unroll
+    for (int j = 0; j < kGroups; ++j) fence_registers(pa[j]);
+
+    const size_t ctx_offset = size_t(r) * seq * C + size_t(h) * kHeadDim;
+#pragma unroll
+    for (int x = 0; x < 2; ++x) {
+      const float sum = quad_sum(row_sum[x]);
+      if (rows[x] >= seq) continue;
+      const float inv = sum > 0.0f ? (dropout ? keep_scale : 1.0f) / sum : 0.0f;
+      T* out = ctx + ctx_offset + size_t(rows[x]) * C;
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+        *reinterpret_cast<uint32_t*>(out + n * 8 + 2 * t) =
+            Pack2<T>::pack(o[4 * n + 2 * x] * inv, o[4 * n + 2 * x + 1] * inv);
+      if (t == 0) lse[size_t(bh) * seq + rows[x]] = row_max[x] + log2f(sum);
+    }
+  }
+#endif
+}
+
 // The dK/dV kernels' result: scale x dK and dV of this thread's keys kj[0], kj[1] (those below
 // seq), columns 8n + 2t, +1 of a head slice (row stride ld).
 template <typename T>
@@ -801,6 +935,8 @@ __global__ void __launch_bounds__(kGroups * kGroupThreads, 1) flash_backward_sho
 constexpr int kForwardSmemBytes = 2 * kStages * kTileBytes + 1024;   // + alignment slack
 constexpr int kBackwardSmemBytes = 2 * kStages * kTileBytes + 1024;
 template <int kGroups>
+constexpr int kShortForwardSmemBytes = 2 * 3 * kGroups * kTileBytes + 1024;
+template <int kGroups>
 constexpr int kShortBackwardSmemBytes = (2 * kShortBufferTiles<kGroups> + kGroups * kGroups) * kTileBytes + 1024;
 
 // Raises a kernel's dynamic shared-memory limit past the default 48 KB, once per process
@@ -810,10 +946,39 @@ void allow_shared_memory(Kernel kernel, int bytes) {
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
 }
 
+// The persistent kernels' grid: every block that fits the device at once (one GPU per process).
+template <typename Kernel>
+int resident_blocks(Kernel kernel, int threads, int smem_bytes) {
+  allow_shared_memory(kernel, smem_bytes);
+  int device = 0, sms = 0, per_sm = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem_bytes));
+  return std::max(1, sms * per_sm);
+}
+
+template <typename T, int kGroups>
+void launch_forward_short(void* ctx, float* lse, const uint32_t* mask, const void* q, const void* k, const void* v,
+                          const int32_t* lengths, int rows, int seq, int C, int ld, int heads, const DropoutSite& site,
+                          cudaStream_t stream) {
+  constexpr auto kernel = flash_forward_short_kernel<T, kGroups>;
+  constexpr int kThreads = kGroups * kGroupThreads, kSmem = kShortForwardSmemBytes<kGroups>;
+  static const int resident = resident_blocks(kernel, kThreads, kSmem);
+  const int items = rows * heads;
+  kernel<<<std::min(items, resident), kThreads, kSmem, stream>>>(
+      static_cast<T*>(ctx), lse, mask, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
+      lengths, items, seq, C, ld, heads, site);
+  CUDA_CHECK_LAUNCH("sm90::flash_forward_short_kernel");
+}
+
 template <typename T>
 void launch_forward(void* ctx, float* lse, const uint32_t* mask, const void* q, const void* k, const void* v,
                     const int32_t* lengths, int rows, int seq, int C, int ld, int heads, const DropoutSite& site,
                     cudaStream_t stream) {
+  if (seq <= kTile)
+    return launch_forward_short<T, 1>(ctx, lse, mask, q, k, v, lengths, rows, seq, C, ld, heads, site, stream);
+  if (seq <= 2 * kTile)
+    return launch_forward_short<T, 2>(ctx, lse, mask, q, k, v, lengths, rows, seq, C, ld, heads, site, stream);
   static const bool ready = (allow_shared_memory(flash_forward_kernel<T, kForwardGroups>, kForwardSmemBytes), true);
   (void)ready;
   const dim3 grid(ceil_div(seq, 64 * kForwardGroups), rows * heads);
@@ -843,15 +1008,7 @@ void launch_backward_short(void* dq, void* dk, void* dv, const void* q, const vo
                            int seq, int C, int ld, int heads, const DropoutSite& site, cudaStream_t stream) {
   constexpr auto kernel = flash_backward_short_kernel<T, kGroups>;
   constexpr int kThreads = kGroups * kGroupThreads, kSmem = kShortBackwardSmemBytes<kGroups>;
-  // The persistent grid: every block that fits the device at once (one GPU per process).
-  static const int resident = [&] {
-    allow_shared_memory(kernel, kSmem);
-    int device = 0, sms = 0, per_sm = 0;
-    CUDA_CHECK(cudaGetDevice(&device));
-    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, kSmem));
-    return std::max(1, sms * per_sm);
-  }();
+  static const int resident = resident_blocks(kernel, kThreads, kSmem);
   const int items = rows * heads;
   kernel<<<std::min(items, resident), kThreads, kSmem, stream>>>(
       static_cast<T*>(dq), static_cast<T*>(dk), static_cast<T*>(dv), static_cast<const T*>(q),
