@@ -811,6 +811,13 @@ void launch_backward(void* dq, void* dk, void* dv, const void* dctx, const void*
   launch_backward_kv<T, D>(dk, dv, ds_t, dctx, q, k, v, lse, delta, mask, lengths, rows, seq, seq_pad, C, ld, heads,
                            site, stream);
   if (ds_t) {
+    if constexpr (D == 64) {
+      if (wgmma_attention_runs()) {
+        sm90::flash_dq_from_ds(std::is_same_v<T, __nv_bfloat16>, dq, ds_t, k, lengths, rows, seq, seq_pad, ld, heads,
+                               stream);
+        return;
+      }
+    }
     flash_backward_q_from_ds_kernel<T, D><<<grid, kThreads, 0, stream>>>(
         static_cast<T*>(dq), ds_t, static_cast<const T*>(k), lengths, seq, seq_pad, ld, heads);
     CUDA_CHECK_LAUNCH("flash_backward_q_from_ds_kernel");

@@ -727,6 +727,79 @@ __global__ void __launch_bounds__(kGroupThreads, 2) flash_backward_kv_kernel(
 #endif
 }
 
+// ---- backward: dQ from the stored dS^T ------------------------------------------------------------
+// dQ_i = c sum_j dS_ij k_j over the dS^T blocks the dK/dV kernel stored ([rows x heads] blocks of
+// seq_pad x seq_pad, key-major, as flash_attention.cu's mma.sync dQ kernel reads them). A plain
+// product that moves 403 MB of dS^T per bert-base layer at 64 x 512, so what counts is keeping
+// enough copies in flight: one block of two warpgroups per 128 queries streams the key tiles below
+// the length through kDqStages stages (the K tile shared, each warpgroup's 64 x 64 dS^T block
+// beside it), and each tile's product is A = dS^T read M-major (the short backward's dQ product),
+// B = K read MN-major. A warpgroup whose 64 queries start at or past seq_pad has no dS^T to read:
+// it keeps the block's barriers and stores nothing.
+constexpr int kDqStages = 4;
+constexpr int kDqStageBytes = 3 * kTileBytes;  // K, dS^T of warpgroup 0, dS^T of warpgroup 1
+
+template <typename T>
+__global__ void __launch_bounds__(2 * kGroupThreads, 2) flash_dq_from_ds_kernel(
+    T* dq, const T* ds_t, const T* k, const int32_t* lengths, int seq, int seq_pad, int ld, int heads) {
+#ifdef LLMQS_WGMMA
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = align_1024(smem_raw);
+  const int tid = threadIdx.x, wg = tid / kGroupThreads, warp = (tid / 32) % 4, lane = tid & 31;
+  const int g = lane >> 2, t = lane & 3;
+  const int bh = blockIdx.y, r = bh / heads, h = bh % heads;
+  const int i0 = blockIdx.x * 2 * kTile + wg * kTile;
+  const bool queries = i0 < seq_pad;
+  const int len = lengths[r];
+  const size_t head_offset = size_t(r) * seq * ld + size_t(h) * kHeadDim;  // k, dq
+  const T* ds_block = ds_t + size_t(bh) * seq_pad * seq_pad + (queries ? i0 : 0);
+  const float scale = rsqrtf(float(kHeadDim));
+  const int tiles = (len + kTile - 1) / kTile;
+  auto stage_tile = [&](int tile, int which) { return smem + (tile % kDqStages) * kDqStageBytes + which * kTileBytes; };
+  auto load = [&](int tile) {  // always commits a group, so that the waits below count tiles
+    if (tile < tiles) {
+      load_tile<2 * kGroupThreads>(stage_tile(tile, 0), k + head_offset, tile * kTile, seq, ld, tid);
+      if (queries) load_tile<kGroupThreads>(stage_tile(tile, 1 + wg), ds_block, tile * kTile, seq_pad, seq_pad,
+                                            tid % kGroupThreads);
+    }
+    copy_async_commit();
+  };
+#pragma unroll
+  for (int s = 0; s < kDqStages - 1; ++s) load(s);
+  float dq_acc[32];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) dq_acc[i] = 0.0f;
+  for (int jt = 0; jt < tiles; ++jt) {
+    copy_async_wait<kDqStages - 2>();  // tile jt has landed (this thread's copies)
+    fence_proxy_async();
+    __syncthreads();  // every thread's copies of tile jt; every warpgroup is done with tile jt - 1
+    load(jt + kDqStages - 1);  // into tile jt - 1's stage
+    const uint8_t* ds_tile = stage_tile(jt, 1 + wg);
+    const uint8_t* k_tile = stage_tile(jt, 0);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+      wgmma_ss_64x64x16<T, 1, 1>(dq_acc, tile_descriptor(ds_tile + kk * 2048), tile_descriptor(k_tile + kk * 2048),
+                                 true);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_registers(dq_acc);
+  }
+  copy_async_wait<0>();
+  if (!queries) return;
+#pragma unroll
+  for (int x = 0; x < 2; ++x) {
+    const int i = i0 + warp * 16 + g + 8 * x;
+    if (i >= seq) continue;
+    T* out = dq + head_offset + size_t(i) * ld;
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+      *reinterpret_cast<uint32_t*>(out + n * 8 + 2 * t) =
+          Pack2<T>::pack(dq_acc[4 * n + 2 * x] * scale, dq_acc[4 * n + 2 * x + 1] * scale);
+  }
+#endif
+}
+
 // ---- backward of short rows: dQ, dK, dV in one kernel (seq <= 64 kGroups) ------------------------
 // A block holds a whole row x head at a time: warpgroup wg owns keys 64 wg .. + 63, and every
 // query tile (at most kGroups) is in shared memory with K, V, dO and O (both operands of the score
@@ -934,6 +1007,7 @@ __global__ void __launch_bounds__(kGroups * kGroupThreads, 1) flash_backward_sho
 
 constexpr int kForwardSmemBytes = 2 * kStages * kTileBytes + 1024;   // + alignment slack
 constexpr int kBackwardSmemBytes = 2 * kStages * kTileBytes + 1024;
+constexpr int kDqSmemBytes = kDqStages * kDqStageBytes + 1024;
 template <int kGroups>
 constexpr int kShortForwardSmemBytes = 2 * 3 * kGroups * kTileBytes + 1024;
 template <int kGroups>
@@ -1002,6 +1076,17 @@ void launch_backward_kv(void* dk, void* dv, void* ds_t, const void* q, const voi
   CUDA_CHECK_LAUNCH("sm90::flash_backward_kv_kernel");
 }
 
+template <typename T>
+void launch_dq_from_ds(void* dq, const void* ds_t, const void* k, const int32_t* lengths, int rows, int seq,
+                       int seq_pad, int ld, int heads, cudaStream_t stream) {
+  static const bool ready = (allow_shared_memory(flash_dq_from_ds_kernel<T>, kDqSmemBytes), true);
+  (void)ready;
+  const dim3 grid(ceil_div(seq, 2 * kTile), rows * heads);
+  flash_dq_from_ds_kernel<T><<<grid, 2 * kGroupThreads, kDqSmemBytes, stream>>>(
+      static_cast<T*>(dq), static_cast<const T*>(ds_t), static_cast<const T*>(k), lengths, seq, seq_pad, ld, heads);
+  CUDA_CHECK_LAUNCH("sm90::flash_dq_from_ds_kernel");
+}
+
 template <typename T, int kGroups>
 void launch_backward_short(void* dq, void* dk, void* dv, const void* q, const void* k, const void* v, const void* dctx,
                            const void* ctx, const float* lse, const uint32_t* mask, const int32_t* lengths, int rows,
@@ -1051,6 +1136,14 @@ void flash_backward_kv(bool bf16, void* dk, void* dv, void* ds_t, const void* q,
   else
     launch_backward_kv<__half>(dk, dv, ds_t, q, k, v, dctx, lse, delta, mask, lengths, rows, seq, seq_pad, C, ld,
                                heads, site, stream);
+}
+
+void flash_dq_from_ds(bool bf16, void* dq, const void* ds_t, const void* k, const int32_t* lengths, int rows,
+                      int seq, int seq_pad, int ld, int heads, cudaStream_t stream) {
+  if (bf16)
+    launch_dq_from_ds<__nv_bfloat16>(dq, ds_t, k, lengths, rows, seq, seq_pad, ld, heads, stream);
+  else
+    launch_dq_from_ds<__half>(dq, ds_t, k, lengths, rows, seq, seq_pad, ld, heads, stream);
 }
 
 void flash_backward_short(bool bf16, void* dq, void* dk, void* dv, const void* q, const void* k, const void* v,

@@ -23,6 +23,10 @@ void flash_backward_kv(bool bf16, void* dk, void* dv, void* ds_t, const void* q,
                        const int32_t* lengths, int rows, int seq, int seq_pad, int C, int ld, int heads,
                        const DropoutSite& site, cudaStream_t stream);
 
+// dQ = c dS K from the dS^T blocks flash_backward_kv stored (ds_pad(seq)^2 per row x head).
+void flash_dq_from_ds(bool bf16, void* dq, const void* ds_t, const void* k, const int32_t* lengths, int rows,
+                      int seq, int seq_pad, int ld, int heads, cudaStream_t stream);
+
 // The whole backward (dQ, dK, dV) of rows up to kShortBackwardMaxSeq tokens in one persistent
 // kernel, a row x head per block at a time: dS stays in shared memory, so neither dS^T nor a dQ
 // kernel is needed, and delta = dO . O is formed from ctx (the forward's output) in the kernel.
