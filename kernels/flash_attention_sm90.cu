@@ -1,8 +1,9 @@
 // Fused attention on Hopper's warpgroup MMA (wgmma, sm_90a), head_dim 64: the forward, the
-// dK/dV kernel of the backward, and for rows up to 128 tokens the whole backward in one kernel.
+// dK/dV kernel of the backward and the dQ product over the dS^T it stores; for rows up to 128
+// tokens a persistent forward and a persistent whole backward in one kernel each.
 // Same math, buffers and layouts as kernels/flash_attention.cu (read its opening comment for the
-// formulas; CPU twin kernels/cpu/attention.h), so the two are interchangeable call by call and the
-// dQ product over the stored dS^T is shared.
+// formulas; CPU twin kernels/cpu/attention.h), so the two are interchangeable call by call (the
+// dS^T layout and the mask bits are shared).
 //
 // Why a second file: mma.sync's operands pass through registers, so every 16-row warp tile reloads
 // its B fragments from shared memory with ldmatrix, and the attention kernels stalled at ~200

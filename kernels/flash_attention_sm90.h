@@ -12,7 +12,7 @@
 namespace llmqs::kernels::cuda::sm90 {
 
 // ctx [rows x seq x C], lse; q, k, v with row stride ld (head h in columns h*64 ..). bf16 = true
-// for bfloat16, else fp16.
+// for bfloat16, else fp16. Rows up to 128 tokens take a persistent kernel that holds the whole row.
 void flash_forward(bool bf16, void* ctx, float* lse, const uint32_t* mask, const void* q, const void* k,
                    const void* v, const int32_t* lengths, int rows, int seq, int C, int ld, int heads,
                    const DropoutSite& site, cudaStream_t stream);
