@@ -19,6 +19,7 @@
 #include "kernels/cuda_common.cuh"
 #include "kernels/cuda_kernels.h"
 
+#include <algorithm>
 #include <type_traits>
 
 namespace llmqs::kernels::cuda {
@@ -113,37 +114,43 @@ __global__ void __launch_bounds__(256) column_reduce_packed_partial_kernel(F f, 
                                                                            float* partial) {
   __shared__ float sums[8][32 * kN];
   const int c0 = (blockIdx.x * 32 + threadIdx.x) * kN;
-  const int64_t begin = static_cast<int64_t>(blockIdx.y) * kColumnReduceChunk;
-  const int64_t end = min(rows, begin + kColumnReduceChunk);
+  const int64_t chunks = (rows + kColumnReduceChunk - 1) / kColumnReduceChunk;
   constexpr int U = PackRowsInFlight<F>::value;
-  float acc[kN];
+  // Chunks blockIdx.y, + gridDim.y, ...: the launcher sizes the grid to one wave of blocks, each
+  // with the same number of chunks (a chunk's partial does not depend on which block sums it).
+  for (int64_t chunk = blockIdx.y; chunk < chunks; chunk += gridDim.y) {
+    const int64_t begin = chunk * kColumnReduceChunk;
+    const int64_t end = min(rows, begin + kColumnReduceChunk);
+    float acc[kN];
 #pragma unroll
-  for (int v = 0; v < kN; ++v) acc[v] = 0.0f;
-  if (c0 < cols) {
-    for (int64_t r0 = begin + threadIdx.y; r0 < end; r0 += 8 * U) {
-      float values[U][kN];
+    for (int v = 0; v < kN; ++v) acc[v] = 0.0f;
+    if (c0 < cols) {
+      for (int64_t r0 = begin + threadIdx.y; r0 < end; r0 += 8 * U) {
+        float values[U][kN];
 #pragma unroll
-      for (int u = 0; u < U; ++u)
-        if (r0 + 8 * u < end) f.pack(r0 + 8 * u, c0, values[u]);
+        for (int u = 0; u < U; ++u)
+          if (r0 + 8 * u < end) f.pack(r0 + 8 * u, c0, values[u]);
 #pragma unroll
-      for (int u = 0; u < U; ++u)
-        if (r0 + 8 * u < end) {
+        for (int u = 0; u < U; ++u)
+          if (r0 + 8 * u < end) {
 #pragma unroll
-          for (int v = 0; v < kN; ++v) acc[v] += values[u][v];
-        }
+            for (int v = 0; v < kN; ++v) acc[v] += values[u][v];
+          }
+      }
     }
-  }
+    if (chunk != blockIdx.y) __syncthreads();  // the previous chunk's sums have been read
 #pragma unroll
-  for (int v = 0; v < kN; ++v) sums[threadIdx.y][threadIdx.x * kN + v] = acc[v];
-  __syncthreads();
-  // Thread t of the block adds column blockIdx.x * 32 * kN + t over ty = 0..7 (conflict-free,
-  // coalesced store).
-  const int t = threadIdx.y * 32 + threadIdx.x;
-  const int c = blockIdx.x * 32 * kN + t;
-  if (t < 32 * kN && c < cols) {
-    float total = 0.0f;
-    for (int i = 0; i < 8; ++i) total += sums[i][t];
-    partial[static_cast<int64_t>(blockIdx.y) * cols + c] = total;
+    for (int v = 0; v < kN; ++v) sums[threadIdx.y][threadIdx.x * kN + v] = acc[v];
+    __syncthreads();
+    // Thread t of the block adds column blockIdx.x * 32 * kN + t over ty = 0..7 (conflict-free,
+    // coalesced store).
+    const int t = threadIdx.y * 32 + threadIdx.x;
+    const int c = blockIdx.x * 32 * kN + t;
+    if (t < 32 * kN && c < cols) {
+      float total = 0.0f;
+      for (int i = 0; i < 8; ++i) total += sums[i][t];
+      partial[chunk * cols + c] = total;
+    }
   }
 }
 
@@ -165,7 +172,21 @@ void column_reduce_packed(F f, int64_t rows, int cols, float* out, int out_cols,
                           cudaStream_t stream) {
   if (rows <= 0 || cols <= 0) return;
   const unsigned chunks = ceil_div(rows, kColumnReduceChunk);
-  column_reduce_packed_partial_kernel<kN><<<dim3(ceil_div(cols / kN, 32), chunks), dim3(32, 8), 0, stream>>>(
+  const unsigned column_blocks = ceil_div(cols / kN, 32);
+  // One wave: as many chunk rows of blocks as fit beside each other, every block taking the same
+  // number of chunks (a grid of one block per chunk left a third wave 18% full at 32K rows x 2304).
+  static const int resident = [] {
+    int device = 0, sms = 0, per_sm = 0;
+    CUDA_CHECK(cudaGetDevice(&device));
+    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, column_reduce_packed_partial_kernel<kN, F>, 256, 0));
+    return std::max(1, sms * per_sm);
+  }();
+  const int forced = kernel_variants().column_sum_chunk_blocks;
+  const unsigned fit = forced > 0 ? unsigned(forced) : std::max(1u, unsigned(resident) / column_blocks);
+  const unsigned per_block = ceil_div(chunks, fit);
+  const unsigned chunk_blocks = ceil_div(chunks, per_block);
+  column_reduce_packed_partial_kernel<kN><<<dim3(column_blocks, chunk_blocks), dim3(32, 8), 0, stream>>>(
       f, rows, cols, scratch);
   CUDA_CHECK_LAUNCH("column_reduce_packed_partial_kernel");
   column_reduce_finish(scratch, static_cast<int>(chunks), cols, out, out_cols, out2, stream);

@@ -75,6 +75,9 @@ struct KernelVariants {
   // The fused attention's Hopper kernels (wgmma, kernels/flash_attention_sm90.cu) where they apply
   // (head_dim 64, sm_90a code loaded); off: the mma.sync kernels (core reads LLMQS_ATTENTION_WGMMA=0).
   bool wgmma_attention = true;
+  // Packed column sums: at most this many blocks along the rows (0: one wave of the device), each
+  // summing several 128-row chunks; the tests set it small so that blocks take several chunks.
+  int column_sum_chunk_blocks = 0;
 };
 void set_kernel_variants(const KernelVariants& variants);
 KernelVariants kernel_variants();
@@ -175,8 +178,9 @@ void attention_backward(void* dq, void* dk, void* dv, const void* dctx, const vo
 // flash_attention_ds_elements(rows, seq, heads) elements of `type`: the dK/dV kernel then stores
 // dS (rounded to `type`, as the products use it) and dQ becomes one product over it, instead of a
 // third kernel that recomputes S, P and dO V^T (measured in docs/performance.md, section 4).
-// Where the Hopper kernels run and seq <= 128, one kernel does the whole backward with dS on chip
-// and ds_scratch is not touched (docs/performance.md, section 9).
+// Where the Hopper kernels run and seq <= 128, one persistent kernel does the whole backward with
+// dS on chip and delta formed inside it: ds_scratch and delta_scratch are not touched
+// (docs/performance.md, sections 9 and 10).
 // dq, dk, dv are overwritten. q, k, v, dq, dk, dv have row stride qkv_ld (C, or 3C when they are
 // the column blocks of one [tokens x 3C] buffer); ctx and dctx row stride C. Unsupported shapes throw.
 bool flash_attention_supported(DType type, int C, int heads);

@@ -793,23 +793,31 @@ void launch_backward(void* dq, void* dk, void* dv, const void* dctx, const void*
                      const void* v, const float* lse, const uint32_t* mask, float* delta, void* ds_scratch,
                      const int32_t* lengths, int rows, int seq, int C, int ld, int heads, const DropoutSite& site,
                      cudaStream_t stream) {
+  if constexpr (D == 64) {
+    // dS stays on chip and delta is formed in the kernel: ds_scratch and delta are not touched.
+    if (wgmma_attention_runs() && seq <= sm90::kShortBackwardMaxSeq) {
+      sm90::flash_backward_short(std::is_same_v<T, __nv_bfloat16>, dq, dk, dv, q, k, v, dctx, ctx, lse, mask, lengths,
+                                 rows, seq, C, ld, heads, site, stream);
+      return;
+    }
+  }
   const size_t packs = size_t(rows) * seq * (C / 8);
   flash_backward_delta_kernel<T, D><<<ceil_div(packs, 256), 256, 0, stream>>>(
       delta, static_cast<const T*>(dctx), static_cast<const T*>(ctx), rows, seq, C, heads);
   CUDA_CHECK_LAUNCH("flash_backward_delta_kernel");
-  if constexpr (D == 64) {
-    if (wgmma_attention_runs() && seq <= sm90::kShortBackwardMaxSeq) {  // dS stays on chip: ds_scratch unused
-      sm90::flash_backward_short(std::is_same_v<T, __nv_bfloat16>, dq, dk, dv, q, k, v, dctx, lse, delta, mask,
-                                 lengths, rows, seq, C, ld, heads, site, stream);
-      return;
-    }
-  }
   const dim3 grid(ceil_div(seq, kTile), rows * heads);
   const int seq_pad = ds_pad(seq);
   T* ds_t = static_cast<T*>(ds_scratch);
   launch_backward_kv<T, D>(dk, dv, ds_t, dctx, q, k, v, lse, delta, mask, lengths, rows, seq, seq_pad, C, ld, heads,
                            site, stream);
   if (ds_t) {
+    if constexpr (D == 64) {
+      if (wgmma_attention_runs()) {
+        sm90::flash_dq_from_ds(std::is_same_v<T, __nv_bfloat16>, dq, ds_t, k, lengths, rows, seq, seq_pad, ld, heads,
+                               stream);
+        return;
+      }
+    }
     flash_backward_q_from_ds_kernel<T, D><<<grid, kThreads, 0, stream>>>(
         static_cast<T*>(dq), ds_t, static_cast<const T*>(k), lengths, seq, seq_pad, ld, heads);
     CUDA_CHECK_LAUNCH("flash_backward_q_from_ds_kernel");

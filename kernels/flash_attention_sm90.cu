@@ -1,8 +1,9 @@
 // Fused attention on Hopper's warpgroup MMA (wgmma, sm_90a), head_dim 64: the forward, the
-// dK/dV kernel of the backward, and for rows up to 128 tokens the whole backward in one kernel.
+// dK/dV kernel of the backward and the dQ product over the dS^T it stores; for rows up to 128
+// tokens a persistent forward and a persistent whole backward in one kernel each.
 // Same math, buffers and layouts as kernels/flash_attention.cu (read its opening comment for the
-// formulas; CPU twin kernels/cpu/attention.h), so the two are interchangeable call by call and the
-// dQ product over the stored dS^T is shared.
+// formulas; CPU twin kernels/cpu/attention.h), so the two are interchangeable call by call (the
+// dS^T layout and the mask bits are shared).
 //
 // Why a second file: mma.sync's operands pass through registers, so every 16-row warp tile reloads
 // its B fragments from shared memory with ldmatrix, and the attention kernels stalled at ~200
@@ -28,6 +29,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <type_traits>
 
@@ -414,6 +416,140 @@ __global__ void __launch_bounds__(kGroups * kGroupThreads, 2)
 #endif
 }
 
+// ---- forward of short rows (seq <= 64 kGroups) ----------------------------------------------------
+// A block holds a whole row x head at a time: Q, K and V of all its (at most kGroups) tiles sit in
+// shared memory, warpgroup wg owns queries 64 wg .. + 63. With every key of the row at hand the
+// softmax needs no running maximum: S_j = Q K_j^T for all key tiles (both operands from shared
+// memory), the row maxima and sums over all of them, then O = sum_j P_j V_j, scaled once.
+// Persistent with two buffers, as the short backward below: the next row x head's copies are issued
+// when this one's have landed. Same outputs and layouts as flash_forward_kernel (ctx, lse in the
+// log2 domain); the sums run in another order, so the bits may differ from it in the last place.
+template <typename T, int kGroups>
+__global__ void __launch_bounds__(kGroups * kGroupThreads, kGroups == 1 ? 4 : 1) flash_forward_short_kernel(
+    T* ctx, float* lse, const uint32_t* mask, const T* q, const T* k, const T* v, const int32_t* lengths, int items,
+    int seq, int C, int ld, int heads, DropoutSite site) {
+#ifdef LLMQS_WGMMA
+  constexpr int kThreads = kGroups * kGroupThreads;
+  constexpr int kBufferBytes = 3 * kGroups * kTileBytes;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = align_1024(smem_raw);
+  const int tid = threadIdx.x, wg = tid / kGroupThreads, warp = (tid / 32) % 4, lane = tid & 31;
+  const int g = lane >> 2, t = lane & 3;
+  const float scale2 = rsqrtf(float(kHeadDim)) * kLog2e;
+  const bool dropout = site.p > 0.0f;
+  const float keep_scale = 1.0f / (1.0f - site.p);
+  const int words = mask_words_per_row(seq);
+  // Tile i of tensor `which` (0 Q, 1 K, 2 V) in buffer b.
+  auto tile_of = [&](int b, int which, int i) { return smem + b * kBufferBytes + (which * kGroups + i) * kTileBytes; };
+  auto issue_loads = [&](int bh, int b) {
+    const int r = bh / heads, h = bh % heads;
+    const size_t head_offset = size_t(r) * seq * ld + size_t(h) * kHeadDim;
+#pragma unroll
+    for (int i = 0; i < kGroups; ++i) {
+      load_tile<kThreads>(tile_of(b, 0, i), q + head_offset, i * kTile, seq, ld, tid);
+      load_tile<kThreads>(tile_of(b, 1, i), k + head_offset, i * kTile, seq, ld, tid);
+      load_tile<kThreads>(tile_of(b, 2, i), v + head_offset, i * kTile, seq, ld, tid);
+    }
+    copy_async_commit();
+  };
+  int rows[2];
+  for (int x = 0; x < 2; ++x) rows[x] = 64 * wg + warp * 16 + g + 8 * x;
+
+  if (int(blockIdx.x) < items) issue_loads(blockIdx.x, 0);
+  int b = 0;
+  for (int bh = blockIdx.x; bh < items; bh += gridDim.x, b ^= 1) {
+    const int r = bh / heads, h = bh % heads;
+    const int len = lengths[r];
+    // This thread's keep bits of every key tile (shifted right by 2t, as flash_forward_kernel's).
+    uint2 keep[kGroups][2];
+#pragma unroll
+    for (int j = 0; j < kGroups; ++j)
+#pragma unroll
+      for (int x = 0; x < 2; ++x) {
+        keep[j][x] = dropout && rows[x] < seq
+                         ? *reinterpret_cast<const uint2*>(mask + (size_t(bh) * seq + rows[x]) * words + 2 * j)
+                         : make_uint2(~0u, ~0u);
+        keep[j][x].x >>= 2 * t;
+        keep[j][x].y >>= 2 * t;
+      }
+    copy_async_wait<0>();  // this row x head's tiles (the only copies in flight)
+    fence_proxy_async();
+    __syncthreads();  // also: every warpgroup is done with the previous row x head (buffer b ^ 1)
+    if (bh + int(gridDim.x) < items) issue_loads(bh + gridDim.x, b ^ 1);
+
+    float s[kGroups][32];
+    const uint8_t* q_tile = tile_of(b, 0, wg);
+    wgmma_fence();
+#pragma unroll
+    for (int j = 0; j < kGroups; ++j)
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+        wgmma_ss_64x64x16<T, 0, 0>(s[j], tile_descriptor(q_tile + kk * 32), tile_descriptor(tile_of(b, 1, j) + kk * 32),
+                                   kk > 0);
+    wgmma_commit();
+    wgmma_wait<0>();
+#pragma unroll
+    for (int j = 0; j < kGroups; ++j) fence_registers(s[j]);
+
+    // Keys past the length (only in the tile that holds it, or past it) get no weight.
+#pragma unroll
+    for (int j = 0; j < kGroups; ++j)
+      if (j * kTile + kTile > len) {
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            if (j * kTile + n * 8 + 2 * t + (e & 1) >= len) s[j][4 * n + e] = -INFINITY;
+      }
+    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int j = 0; j < kGroups; ++j)
+#pragma unroll
+      for (int i = 0; i < 32; ++i) row_max[(i >> 1) & 1] = fmaxf(row_max[(i >> 1) & 1], s[j][i]);
+#pragma unroll
+    for (int x = 0; x < 2; ++x) row_max[x] = quad_max(row_max[x]) * scale2;  // finite: key 0 is valid
+    uint32_t pa[kGroups][4][4];  // P (dropped, unscaled) as A fragments
+#pragma unroll
+    for (int j = 0; j < kGroups; ++j) {
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int x = e >> 1;
+          const float p = exp2f(fmaf(s[j][4 * n + e], scale2, -row_max[x]));
+          row_sum[x] += p;
+          s[j][4 * n + e] = p;
+        }
+      accumulator_to_a<T>(pa[j], s[j]);
+      drop_packed(pa[j], keep[j]);  // 1 / (1 - p) at the end
+    }
+    float o[32];
+    wgmma_fence();
+#pragma unroll
+    for (int j = 0; j < kGroups; ++j) wgmma_64x64x64<T, 1>(o, pa[j], tile_of(b, 2, j), j > 0);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_registers(o);
+#pragma unroll
+    for (int j = 0; j < kGroups; ++j) fence_registers(pa[j]);
+
+    const size_t ctx_offset = size_t(r) * seq * C + size_t(h) * kHeadDim;
+#pragma unroll
+    for (int x = 0; x < 2; ++x) {
+      const float sum = quad_sum(row_sum[x]);
+      if (rows[x] >= seq) continue;
+      const float inv = sum > 0.0f ? (dropout ? keep_scale : 1.0f) / sum : 0.0f;
+      T* out = ctx + ctx_offset + size_t(rows[x]) * C;
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+        *reinterpret_cast<uint32_t*>(out + n * 8 + 2 * t) =
+            Pack2<T>::pack(o[4 * n + 2 * x] * inv, o[4 * n + 2 * x + 1] * inv);
+      if (t == 0) lse[size_t(bh) * seq + rows[x]] = row_max[x] + log2f(sum);
+    }
+  }
+#endif
+}
+
 // The dK/dV kernels' result: scale x dK and dV of this thread's keys kj[0], kj[1] (those below
 // seq), columns 8n + 2t, +1 of a head slice (row stride ld).
 template <typename T>
@@ -592,166 +728,279 @@ __global__ void __launch_bounds__(kGroupThreads, 2) flash_backward_kv_kernel(
 #endif
 }
 
+// ---- backward: dQ from the stored dS^T ------------------------------------------------------------
+// dQ_i = c sum_j dS_ij k_j over the dS^T blocks the dK/dV kernel stored ([rows x heads] blocks of
+// seq_pad x seq_pad, key-major, as flash_attention.cu's mma.sync dQ kernel reads them). A plain
+// product that moves 403 MB of dS^T per bert-base layer at 64 x 512, so what counts is keeping
+// enough copies in flight: one block of two warpgroups per 128 queries streams the key tiles below
+// the length through kDqStages stages (the K tile shared, each warpgroup's 64 x 64 dS^T block
+// beside it), and each tile's product is A = dS^T read M-major (the short backward's dQ product),
+// B = K read MN-major. A warpgroup whose 64 queries start at or past seq_pad has no dS^T to read:
+// it keeps the block's barriers and stores nothing.
+constexpr int kDqStages = 4;
+constexpr int kDqStageBytes = 3 * kTileBytes;  // K, dS^T of warpgroup 0, dS^T of warpgroup 1
+
+template <typename T>
+__global__ void __launch_bounds__(2 * kGroupThreads, 2) flash_dq_from_ds_kernel(
+    T* dq, const T* ds_t, const T* k, const int32_t* lengths, int seq, int seq_pad, int ld, int heads) {
+#ifdef LLMQS_WGMMA
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = align_1024(smem_raw);
+  const int tid = threadIdx.x, wg = tid / kGroupThreads, warp = (tid / 32) % 4, lane = tid & 31;
+  const int g = lane >> 2, t = lane & 3;
+  const int bh = blockIdx.y, r = bh / heads, h = bh % heads;
+  const int i0 = blockIdx.x * 2 * kTile + wg * kTile;
+  const bool queries = i0 < seq_pad;
+  const int len = lengths[r];
+  const size_t head_offset = size_t(r) * seq * ld + size_t(h) * kHeadDim;  // k, dq
+  const T* ds_block = ds_t + size_t(bh) * seq_pad * seq_pad + (queries ? i0 : 0);
+  const float scale = rsqrtf(float(kHeadDim));
+  const int tiles = (len + kTile - 1) / kTile;
+  auto stage_tile = [&](int tile, int which) { return smem + (tile % kDqStages) * kDqStageBytes + which * kTileBytes; };
+  auto load = [&](int tile) {  // always commits a group, so that the waits below count tiles
+    if (tile < tiles) {
+      load_tile<2 * kGroupThreads>(stage_tile(tile, 0), k + head_offset, tile * kTile, seq, ld, tid);
+      if (queries) load_tile<kGroupThreads>(stage_tile(tile, 1 + wg), ds_block, tile * kTile, seq_pad, seq_pad,
+                                            tid % kGroupThreads);
+    }
+    copy_async_commit();
+  };
+#pragma unroll
+  for (int s = 0; s < kDqStages - 1; ++s) load(s);
+  float dq_acc[32];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) dq_acc[i] = 0.0f;
+  for (int jt = 0; jt < tiles; ++jt) {
+    copy_async_wait<kDqStages - 2>();  // tile jt has landed (this thread's copies)
+    fence_proxy_async();
+    __syncthreads();  // every thread's copies of tile jt; every warpgroup is done with tile jt - 1
+    load(jt + kDqStages - 1);  // into tile jt - 1's stage
+    const uint8_t* ds_tile = stage_tile(jt, 1 + wg);
+    const uint8_t* k_tile = stage_tile(jt, 0);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+      wgmma_ss_64x64x16<T, 1, 1>(dq_acc, tile_descriptor(ds_tile + kk * 2048), tile_descriptor(k_tile + kk * 2048),
+                                 true);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_registers(dq_acc);
+  }
+  copy_async_wait<0>();
+  if (!queries) return;
+#pragma unroll
+  for (int x = 0; x < 2; ++x) {
+    const int i = i0 + warp * 16 + g + 8 * x;
+    if (i >= seq) continue;
+    T* out = dq + head_offset + size_t(i) * ld;
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+      *reinterpret_cast<uint32_t*>(out + n * 8 + 2 * t) =
+          Pack2<T>::pack(dq_acc[4 * n + 2 * x] * scale, dq_acc[4 * n + 2 * x + 1] * scale);
+  }
+#endif
+}
+
 // ---- backward of short rows: dQ, dK, dV in one kernel (seq <= 64 kGroups) ------------------------
-// One block per row x head holds the whole row: warpgroup wg owns keys 64 wg .. + 63, and every
-// query tile (at most kGroups) is in shared memory from the start, with K and V (both operands of
-// the score products come from shared memory, so no registers hold K or V). Per query tile i each
-// warpgroup computes S^T = K Q_i^T and dPd^T = V dO_i^T for its keys, the elementwise Pd^T, dS^T,
+// A block holds a whole row x head at a time: warpgroup wg owns keys 64 wg .. + 63, and every
+// query tile (at most kGroups) is in shared memory with K, V, dO and O (both operands of the score
+// products come from shared memory, so no registers hold K or V). Per query tile i each warpgroup
+// computes S^T = K Q_i^T and dPd^T = V dO_i^T for its keys, the elementwise Pd^T, dS^T,
 // dV += Pd^T dO_i, dK += dS^T Q_i (as the dK/dV kernel above), and writes dS^T into shared
 // memory; once every tile is done, warpgroup wg forms dQ of query tile wg = dS K over all keys of
 // the row (A = dS^T read M-major, B = K read MN-major) and stores it. So dS never leaves the SM,
 // no dQ kernel runs, and the sum over keys has one fixed order (no atomics: runs repeat bit for bit).
-// Shared memory, 64 x 64 tiles of 8 KiB: K[kGroups], V[kGroups], Q[kGroups], dO[kGroups], then
-// dS^T[query tile][key tile] (kGroups^2; one query tile's key tiles adjacent, so its 16-key
-// k-steps are 2048 bytes apart across the tiles, as they are across K's).
-// The launcher picks kGroups = ceil(seq / 64), so every loop below has a fixed trip count (a
-// data-dependent exit between a wgmma and its wait makes ptxas serialise them all, C7515).
+// delta = dO . O is formed here from the tiles (the delta kernel's order: eight products per
+// 16-byte pack, then the eight packs of a head by the same xor tree), so that kernel does not run.
+// Persistent: a block takes row x heads blockIdx.x, + gridDim.x, ... (the launcher sizes the grid to
+// the resident blocks), with two input buffers: the next row x head's copies are issued as soon as
+// this one's have landed, so they overlap its products instead of leaving the SM idle.
+// Shared memory, 64 x 64 tiles of 8 KiB: per buffer K[kGroups], V[kGroups], Q[kGroups],
+// dO[kGroups], O[kGroups]; then dS^T[query tile][key tile] (kGroups^2; one query tile's key tiles
+// adjacent, so its 16-key k-steps are 2048 bytes apart across the tiles, as they are across K's).
+// The launcher picks kGroups = ceil(seq / 64), so every loop over tiles has a fixed trip count (a
+// data-dependent exit between a wgmma and its wait makes ptxas serialise them all, C7515); the loop
+// over rows x heads has nothing in flight at its back edge.
+template <int kGroups>
+constexpr int kShortBufferTiles = 5 * kGroups;
+
 template <typename T, int kGroups>
 __global__ void __launch_bounds__(kGroups * kGroupThreads, 1) flash_backward_short_kernel(
-    T* dq, T* dk, T* dv, const T* q, const T* k, const T* v, const T* dctx, const float* lse, const float* delta,
-    const uint32_t* mask, const int32_t* lengths, int seq, int C, int ld, int heads, DropoutSite site) {
+    T* dq, T* dk, T* dv, const T* q, const T* k, const T* v, const T* dctx, const T* ctx, const float* lse,
+    const uint32_t* mask, const int32_t* lengths, int items, int seq, int C, int ld, int heads, DropoutSite site) {
 #ifdef LLMQS_WGMMA
   constexpr int kThreads = kGroups * kGroupThreads, kRows = kGroups * kTile;
+  constexpr int kBufferBytes = kShortBufferTiles<kGroups> * kTileBytes;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = align_1024(smem_raw);
-  uint8_t* k_s = smem;
-  uint8_t* v_s = k_s + kGroups * kTileBytes;
-  uint8_t* q_s = v_s + kGroups * kTileBytes;
-  uint8_t* do_s = q_s + kGroups * kTileBytes;
-  uint8_t* ds_s = do_s + kGroups * kTileBytes;
-  __shared__ __align__(16) float lse_s[kRows], delta_s[kRows];
-  __shared__ __align__(16) uint2 mask_s[kGroups][kRows];  // [key tile][query]
+  uint8_t* ds_s = smem + 2 * kBufferBytes;
+  __shared__ __align__(16) float lse_s[2][kRows], delta_s[kRows];
+  __shared__ __align__(16) uint2 mask_s[2][kGroups][kRows];  // [buffer][key tile][query]
   const int tid = threadIdx.x, wg = tid / kGroupThreads, warp = (tid / 32) % 4, lane = tid & 31;
   const int g = lane >> 2, t = lane & 3;
-  const int bh = blockIdx.x, r = bh / heads, h = bh % heads;
-  const int len = lengths[r];
-  const size_t head_offset = size_t(r) * seq * ld + size_t(h) * kHeadDim;  // q, k, v, dq, dk, dv
-  const size_t ctx_offset = size_t(r) * seq * C + size_t(h) * kHeadDim;   // dctx
   const float scale = rsqrtf(float(kHeadDim)), scale2 = scale * kLog2e;
   const bool dropout = site.p > 0.0f;
   const float keep_scale = dropout ? 1.0f / (1.0f - site.p) : 1.0f;
   const int words = mask_words_per_row(seq);
   const int j0 = wg * kTile;
-  const WarpKeys keys = warp_keys(j0, warp, g, len);
-
+  // Tile i of tensor `which` (0 K, 1 V, 2 Q, 3 dO, 4 O) in buffer b.
+  auto tile_of = [&](int b, int which, int i) { return smem + b * kBufferBytes + (which * kGroups + i) * kTileBytes; };
+  auto issue_loads = [&](int bh, int b) {
+    const int r = bh / heads, h = bh % heads;
+    const size_t head_offset = size_t(r) * seq * ld + size_t(h) * kHeadDim;
+    const size_t ctx_offset = size_t(r) * seq * C + size_t(h) * kHeadDim;
 #pragma unroll
-  for (int i = 0; i < kGroups; ++i) {
-    load_tile<kThreads>(k_s + i * kTileBytes, k + head_offset, i * kTile, seq, ld, tid);
-    load_tile<kThreads>(v_s + i * kTileBytes, v + head_offset, i * kTile, seq, ld, tid);
-    load_tile<kThreads>(q_s + i * kTileBytes, q + head_offset, i * kTile, seq, ld, tid);
-    load_tile<kThreads>(do_s + i * kTileBytes, dctx + ctx_offset, i * kTile, seq, C, tid);
-  }
-  {
+    for (int i = 0; i < kGroups; ++i) {
+      load_tile<kThreads>(tile_of(b, 0, i), k + head_offset, i * kTile, seq, ld, tid);
+      load_tile<kThreads>(tile_of(b, 1, i), v + head_offset, i * kTile, seq, ld, tid);
+      load_tile<kThreads>(tile_of(b, 2, i), q + head_offset, i * kTile, seq, ld, tid);
+      load_tile<kThreads>(tile_of(b, 3, i), dctx + ctx_offset, i * kTile, seq, C, tid);
+      load_tile<kThreads>(tile_of(b, 4, i), ctx + ctx_offset, i * kTile, seq, C, tid);
+    }
     const int x = tid % kRows;  // a query of the row
     const bool in = x < seq;
     const size_t row = size_t(bh) * seq + (in ? x : 0);
     if (tid < kRows) {
-      copy_async<4>(&lse_s[x], lse + row, in);
+      copy_async<4>(&lse_s[b][x], lse + row, in);
       if (dropout)
 #pragma unroll
-        for (int kt = 0; kt < kGroups; ++kt) copy_async<8>(&mask_s[kt][x], mask + row * words + 2 * kt, in && kt * kTile < seq);
-    } else {
-      copy_async<4>(&delta_s[x], delta + row, in);
+        for (int kt = 0; kt < kGroups; ++kt)
+          copy_async<8>(&mask_s[b][kt][x], mask + row * words + 2 * kt, in && kt * kTile < seq);
     }
-  }
-  copy_async_commit();
-  copy_async_wait<0>();
-  fence_proxy_async();
-  __syncthreads();
+    copy_async_commit();
+  };
 
-  float dk_acc[32], dv_acc[32], s[32], dp[32];
-  uint32_t pa[4][4], sa[4][4];
+  if (int(blockIdx.x) < items) issue_loads(blockIdx.x, 0);
+  int b = 0;
+  for (int bh = blockIdx.x; bh < items; bh += gridDim.x, b ^= 1) {
+    const int r = bh / heads, h = bh % heads;
+    const int len = lengths[r];
+    const size_t head_offset = size_t(r) * seq * ld + size_t(h) * kHeadDim;  // q, k, v, dq, dk, dv
+    const WarpKeys keys = warp_keys(j0, warp, g, len);
+    copy_async_wait<0>();  // this row x head's tiles (the only copies in flight)
+    fence_proxy_async();
+    __syncthreads();  // also: every warpgroup is done with the previous row x head (buffer b ^ 1, dS^T)
+    if (bh + int(gridDim.x) < items) issue_loads(bh + gridDim.x, b ^ 1);
+
+    // delta of every query: lanes 8 m .. 8 m + 7 of a warp take the eight 16-byte packs of one query.
+    {
+      constexpr int kQueriesPerPass = 4 * (kThreads / 32);
+      const int pack = lane & 7;
 #pragma unroll
-  for (int i = 0; i < 32; ++i) dk_acc[i] = dv_acc[i] = 0.0f;
-  const uint8_t* k_tile = k_s + wg * kTileBytes;
-  const uint8_t* v_tile = v_s + wg * kTileBytes;
-  const bool last_key_tile = j0 + kTile > len;
-  // This thread's dS^T words in a swizzled tile: key rows warp 16 + g (+ 8), query column pairs
-  // 16 kk + 2t (+ 8) (chunk 2 kk (+ 1), bytes 4t of it).
-  const int ds_row = warp * 16 + g;
+#pragma unroll 1
+      for (int pass = 0; pass < kRows / kQueriesPerPass; ++pass) {
+        const int x = pass * kQueriesPerPass + (tid / 32) * 4 + (lane >> 3);
+        const int row = x % kTile;
+        const int offset = row * 128 + ((pack ^ (row & 7)) << 4);
+        float a[8], o[8];
+        load_pack(reinterpret_cast<const T*>(tile_of(b, 3, x / kTile) + offset), a);
+        load_pack(reinterpret_cast<const T*>(tile_of(b, 4, x / kTile) + offset), o);
+        float sum = 0.0f;
 #pragma unroll
-  for (int it = 0; it < kGroups; ++it) {
-    wgmma_fence();
+        for (int e = 0; e < 8; ++e) sum += a[e] * o[e];
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
-      wgmma_ss_64x64x16<T, 0, 0>(s, tile_descriptor(k_tile + kk * 32), tile_descriptor(q_s + it * kTileBytes + kk * 32),
-                                 kk > 0);
+        for (int step = 1; step < 8; step <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, step);
+        if (pack == 0) delta_s[x] = sum;
+      }
+    }
+    __syncthreads();
+
+    float dk_acc[32], dv_acc[32], s[32], dp[32];
+    uint32_t pa[4][4], sa[4][4];
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
-      wgmma_ss_64x64x16<T, 0, 0>(dp, tile_descriptor(v_tile + kk * 32),
-                                 tile_descriptor(do_s + it * kTileBytes + kk * 32), kk > 0);
-    wgmma_commit();
-    wgmma_wait<0>();  // also dV/dK += ..._{it-1}: its A registers are free below
-    fence_registers(s);
-    fence_registers(dp);
+    for (int i = 0; i < 32; ++i) dk_acc[i] = dv_acc[i] = 0.0f;
+    const uint8_t* k_tile = tile_of(b, 0, wg);
+    const uint8_t* v_tile = tile_of(b, 1, wg);
+    const bool last_key_tile = j0 + kTile > len;
+    // This thread's dS^T words in a swizzled tile: key rows warp 16 + g (+ 8), query column pairs
+    // 16 kk + 2t (+ 8) (chunk 2 kk (+ 1), bytes 4t of it).
+    const int ds_row = warp * 16 + g;
+#pragma unroll
+    for (int it = 0; it < kGroups; ++it) {
+      const uint8_t* q_tile = tile_of(b, 2, it);
+      const uint8_t* do_tile = tile_of(b, 3, it);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+        wgmma_ss_64x64x16<T, 0, 0>(s, tile_descriptor(k_tile + kk * 32), tile_descriptor(q_tile + kk * 32), kk > 0);
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+        wgmma_ss_64x64x16<T, 0, 0>(dp, tile_descriptor(v_tile + kk * 32), tile_descriptor(do_tile + kk * 32), kk > 0);
+      wgmma_commit();
+      wgmma_wait<0>();  // also dV/dK += ..._{it-1}: its A registers are free below
+      fence_registers(s);
+      fence_registers(dp);
+      fence_registers(dv_acc);
+      fence_registers(dk_acc);
+      fence_registers(pa);
+      fence_registers(sa);
+      const int query_room = seq - it * kTile - 2 * t;
+      if (last_key_tile || (it + 1) * kTile > seq) {
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+          scores_to_ds_block<true>(&s[4 * n], &dp[4 * n], lse_s[b] + it * kTile, delta_s + it * kTile,
+                                   mask_s[b][wg] + it * kTile, n * 8 + 2 * t, n * 8, query_room, dropout, keys, scale2,
+                                   keep_scale);
+      } else {
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+          scores_to_ds_block<false>(&s[4 * n], &dp[4 * n], lse_s[b] + it * kTile, delta_s + it * kTile,
+                                    mask_s[b][wg] + it * kTile, n * 8 + 2 * t, n * 8, query_room, dropout, keys,
+                                    scale2, keep_scale);
+      }
+      accumulator_to_a<T>(pa, s);
+      accumulator_to_a<T>(sa, dp);
+      uint8_t* ds_tile = ds_s + (it * kGroups + wg) * kTileBytes;
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {  // query columns 16 kk + 2t and + 8
+          const int chunk = 2 * kk + half;
+#pragma unroll
+          for (int x = 0; x < 2; ++x) {  // key rows ds_row, + 8
+            const int row = ds_row + 8 * x;
+            *reinterpret_cast<uint32_t*>(ds_tile + row * 128 + ((chunk ^ (row & 7)) << 4) + 4 * t) =
+                sa[kk][2 * half + x];
+          }
+        }
+      wgmma_fence();
+      wgmma_64x64x64<T, 1>(dv_acc, pa, do_tile, true);
+      wgmma_64x64x64<T, 1>(dk_acc, sa, q_tile, true);
+      wgmma_commit();
+    }
+    wgmma_wait<0>();
     fence_registers(dv_acc);
     fence_registers(dk_acc);
     fence_registers(pa);
     fence_registers(sa);
-    const int query_room = seq - it * kTile - 2 * t;
-    if (last_key_tile || (it + 1) * kTile > seq) {
+
+    store_key_gradients<T>(dk + head_offset, dv + head_offset, ld, keys, seq, dk_acc, dv_acc, scale, t);
+
+    // dQ of query tile wg: dS (64 queries x all keys of the row) K, in k-steps of 16 keys.
+    fence_proxy_async();  // the dS^T stores above, for the tensor cores
+    __syncthreads();
+    {
+      float dq_acc[32];
+      const uint8_t* ds_tiles = ds_s + wg * kGroups * kTileBytes;
+      const uint8_t* k_tiles = tile_of(b, 0, 0);
+      wgmma_fence();
 #pragma unroll
-      for (int n = 0; n < 8; ++n)
-        scores_to_ds_block<true>(&s[4 * n], &dp[4 * n], lse_s + it * kTile, delta_s + it * kTile,
-                                 mask_s[wg] + it * kTile, n * 8 + 2 * t, n * 8, query_room, dropout, keys, scale2,
-                                 keep_scale);
-    } else {
+      for (int kk = 0; kk < 4 * kGroups; ++kk)
+        wgmma_ss_64x64x16<T, 1, 1>(dq_acc, tile_descriptor(ds_tiles + kk * 2048), tile_descriptor(k_tiles + kk * 2048),
+                                   kk > 0);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_registers(dq_acc);
 #pragma unroll
-      for (int n = 0; n < 8; ++n)
-        scores_to_ds_block<false>(&s[4 * n], &dp[4 * n], lse_s + it * kTile, delta_s + it * kTile,
-                                  mask_s[wg] + it * kTile, n * 8 + 2 * t, n * 8, query_room, dropout, keys, scale2,
-                                  keep_scale);
-    }
-    accumulator_to_a<T>(pa, s);
-    accumulator_to_a<T>(sa, dp);
-    uint8_t* ds_tile = ds_s + (it * kGroups + wg) * kTileBytes;
+      for (int x = 0; x < 2; ++x) {
+        const int i = wg * kTile + warp * 16 + g + 8 * x;
+        if (i >= seq) continue;
+        T* out = dq + head_offset + size_t(i) * ld;
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {  // query columns 16 kk + 2t and + 8
-        const int chunk = 2 * kk + half;
-#pragma unroll
-        for (int x = 0; x < 2; ++x) {  // key rows ds_row, + 8
-          const int row = ds_row + 8 * x;
-          *reinterpret_cast<uint32_t*>(ds_tile + row * 128 + ((chunk ^ (row & 7)) << 4) + 4 * t) = sa[kk][2 * half + x];
-        }
+        for (int n = 0; n < 8; ++n)
+          *reinterpret_cast<uint32_t*>(out + n * 8 + 2 * t) =
+              Pack2<T>::pack(dq_acc[4 * n + 2 * x] * scale, dq_acc[4 * n + 2 * x + 1] * scale);
       }
-    wgmma_fence();
-    wgmma_64x64x64<T, 1>(dv_acc, pa, do_s + it * kTileBytes, true);
-    wgmma_64x64x64<T, 1>(dk_acc, sa, q_s + it * kTileBytes, true);
-    wgmma_commit();
-  }
-  wgmma_wait<0>();
-  fence_registers(dv_acc);
-  fence_registers(dk_acc);
-  fence_registers(pa);
-  fence_registers(sa);
-
-  store_key_gradients<T>(dk + head_offset, dv + head_offset, ld, keys, seq, dk_acc, dv_acc, scale, t);
-
-  // dQ of query tile wg: dS (64 queries x all keys of the row) K, in k-steps of 16 keys.
-  fence_proxy_async();  // the dS^T stores above, for the tensor cores
-  __syncthreads();
-  {
-    float dq_acc[32];
-    const uint8_t* ds_tiles = ds_s + wg * kGroups * kTileBytes;
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < 4 * kGroups; ++kk)
-      wgmma_ss_64x64x16<T, 1, 1>(dq_acc, tile_descriptor(ds_tiles + kk * 2048), tile_descriptor(k_s + kk * 2048),
-                                 kk > 0);
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_registers(dq_acc);
-#pragma unroll
-    for (int x = 0; x < 2; ++x) {
-      const int i = wg * kTile + warp * 16 + g + 8 * x;
-      if (i >= seq) continue;
-      T* out = dq + head_offset + size_t(i) * ld;
-#pragma unroll
-      for (int n = 0; n < 8; ++n)
-        *reinterpret_cast<uint32_t*>(out + n * 8 + 2 * t) =
-            Pack2<T>::pack(dq_acc[4 * n + 2 * x] * scale, dq_acc[4 * n + 2 * x + 1] * scale);
     }
   }
 #endif
@@ -759,8 +1008,11 @@ __global__ void __launch_bounds__(kGroups * kGroupThreads, 1) flash_backward_sho
 
 constexpr int kForwardSmemBytes = 2 * kStages * kTileBytes + 1024;   // + alignment slack
 constexpr int kBackwardSmemBytes = 2 * kStages * kTileBytes + 1024;
+constexpr int kDqSmemBytes = kDqStages * kDqStageBytes + 1024;
 template <int kGroups>
-constexpr int kShortBackwardSmemBytes = (4 * kGroups + kGroups * kGroups) * kTileBytes + 1024;
+constexpr int kShortForwardSmemBytes = 2 * 3 * kGroups * kTileBytes + 1024;
+template <int kGroups>
+constexpr int kShortBackwardSmemBytes = (2 * kShortBufferTiles<kGroups> + kGroups * kGroups) * kTileBytes + 1024;
 
 // Raises a kernel's dynamic shared-memory limit past the default 48 KB, once per process
 // (one GPU per process, as the backend runs).
@@ -769,10 +1021,39 @@ void allow_shared_memory(Kernel kernel, int bytes) {
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
 }
 
+// The persistent kernels' grid: every block that fits the device at once (one GPU per process).
+template <typename Kernel>
+int resident_blocks(Kernel kernel, int threads, int smem_bytes) {
+  allow_shared_memory(kernel, smem_bytes);
+  int device = 0, sms = 0, per_sm = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem_bytes));
+  return std::max(1, sms * per_sm);
+}
+
+template <typename T, int kGroups>
+void launch_forward_short(void* ctx, float* lse, const uint32_t* mask, const void* q, const void* k, const void* v,
+                          const int32_t* lengths, int rows, int seq, int C, int ld, int heads, const DropoutSite& site,
+                          cudaStream_t stream) {
+  constexpr auto kernel = flash_forward_short_kernel<T, kGroups>;
+  constexpr int kThreads = kGroups * kGroupThreads, kSmem = kShortForwardSmemBytes<kGroups>;
+  static const int resident = resident_blocks(kernel, kThreads, kSmem);
+  const int items = rows * heads;
+  kernel<<<std::min(items, resident), kThreads, kSmem, stream>>>(
+      static_cast<T*>(ctx), lse, mask, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
+      lengths, items, seq, C, ld, heads, site);
+  CUDA_CHECK_LAUNCH("sm90::flash_forward_short_kernel");
+}
+
 template <typename T>
 void launch_forward(void* ctx, float* lse, const uint32_t* mask, const void* q, const void* k, const void* v,
                     const int32_t* lengths, int rows, int seq, int C, int ld, int heads, const DropoutSite& site,
                     cudaStream_t stream) {
+  if (seq <= kTile)
+    return launch_forward_short<T, 1>(ctx, lse, mask, q, k, v, lengths, rows, seq, C, ld, heads, site, stream);
+  if (seq <= 2 * kTile)
+    return launch_forward_short<T, 2>(ctx, lse, mask, q, k, v, lengths, rows, seq, C, ld, heads, site, stream);
   static const bool ready = (allow_shared_memory(flash_forward_kernel<T, kForwardGroups>, kForwardSmemBytes), true);
   (void)ready;
   const dim3 grid(ceil_div(seq, 64 * kForwardGroups), rows * heads);
@@ -796,32 +1077,42 @@ void launch_backward_kv(void* dk, void* dv, void* ds_t, const void* q, const voi
   CUDA_CHECK_LAUNCH("sm90::flash_backward_kv_kernel");
 }
 
+template <typename T>
+void launch_dq_from_ds(void* dq, const void* ds_t, const void* k, const int32_t* lengths, int rows, int seq,
+                       int seq_pad, int ld, int heads, cudaStream_t stream) {
+  static const bool ready = (allow_shared_memory(flash_dq_from_ds_kernel<T>, kDqSmemBytes), true);
+  (void)ready;
+  const dim3 grid(ceil_div(seq, 2 * kTile), rows * heads);
+  flash_dq_from_ds_kernel<T><<<grid, 2 * kGroupThreads, kDqSmemBytes, stream>>>(
+      static_cast<T*>(dq), static_cast<const T*>(ds_t), static_cast<const T*>(k), lengths, seq, seq_pad, ld, heads);
+  CUDA_CHECK_LAUNCH("sm90::flash_dq_from_ds_kernel");
+}
+
 template <typename T, int kGroups>
 void launch_backward_short(void* dq, void* dk, void* dv, const void* q, const void* k, const void* v, const void* dctx,
-                           const float* lse, const float* delta, const uint32_t* mask, const int32_t* lengths,
-                           int rows, int seq, int C, int ld, int heads, const DropoutSite& site, cudaStream_t stream) {
-  static const bool ready = (allow_shared_memory(flash_backward_short_kernel<T, kGroups>,
-                                                 kShortBackwardSmemBytes<kGroups>),
-                             true);
-  (void)ready;
-  flash_backward_short_kernel<T, kGroups><<<rows * heads, kGroups * kGroupThreads, kShortBackwardSmemBytes<kGroups>,
-                                            stream>>>(
+                           const void* ctx, const float* lse, const uint32_t* mask, const int32_t* lengths, int rows,
+                           int seq, int C, int ld, int heads, const DropoutSite& site, cudaStream_t stream) {
+  constexpr auto kernel = flash_backward_short_kernel<T, kGroups>;
+  constexpr int kThreads = kGroups * kGroupThreads, kSmem = kShortBackwardSmemBytes<kGroups>;
+  static const int resident = resident_blocks(kernel, kThreads, kSmem);
+  const int items = rows * heads;
+  kernel<<<std::min(items, resident), kThreads, kSmem, stream>>>(
       static_cast<T*>(dq), static_cast<T*>(dk), static_cast<T*>(dv), static_cast<const T*>(q),
-      static_cast<const T*>(k), static_cast<const T*>(v), static_cast<const T*>(dctx), lse, delta, mask, lengths, seq,
-      C, ld, heads, site);
+      static_cast<const T*>(k), static_cast<const T*>(v), static_cast<const T*>(dctx), static_cast<const T*>(ctx), lse,
+      mask, lengths, items, seq, C, ld, heads, site);
   CUDA_CHECK_LAUNCH("sm90::flash_backward_short_kernel");
 }
 
 template <typename T>
 void launch_backward_short(void* dq, void* dk, void* dv, const void* q, const void* k, const void* v, const void* dctx,
-                           const float* lse, const float* delta, const uint32_t* mask, const int32_t* lengths,
-                           int rows, int seq, int C, int ld, int heads, const DropoutSite& site, cudaStream_t stream) {
+                           const void* ctx, const float* lse, const uint32_t* mask, const int32_t* lengths, int rows,
+                           int seq, int C, int ld, int heads, const DropoutSite& site, cudaStream_t stream) {
   static_assert(kShortBackwardMaxSeq == 2 * kTile, "one or two warpgroups of 64 keys");
   if (seq <= kTile)
-    launch_backward_short<T, 1>(dq, dk, dv, q, k, v, dctx, lse, delta, mask, lengths, rows, seq, C, ld, heads, site,
+    launch_backward_short<T, 1>(dq, dk, dv, q, k, v, dctx, ctx, lse, mask, lengths, rows, seq, C, ld, heads, site,
                                 stream);
   else
-    launch_backward_short<T, 2>(dq, dk, dv, q, k, v, dctx, lse, delta, mask, lengths, rows, seq, C, ld, heads, site,
+    launch_backward_short<T, 2>(dq, dk, dv, q, k, v, dctx, ctx, lse, mask, lengths, rows, seq, C, ld, heads, site,
                                 stream);
 }
 
@@ -848,16 +1139,24 @@ void flash_backward_kv(bool bf16, void* dk, void* dv, void* ds_t, const void* q,
                                heads, site, stream);
 }
 
+void flash_dq_from_ds(bool bf16, void* dq, const void* ds_t, const void* k, const int32_t* lengths, int rows,
+                      int seq, int seq_pad, int ld, int heads, cudaStream_t stream) {
+  if (bf16)
+    launch_dq_from_ds<__nv_bfloat16>(dq, ds_t, k, lengths, rows, seq, seq_pad, ld, heads, stream);
+  else
+    launch_dq_from_ds<__half>(dq, ds_t, k, lengths, rows, seq, seq_pad, ld, heads, stream);
+}
+
 void flash_backward_short(bool bf16, void* dq, void* dk, void* dv, const void* q, const void* k, const void* v,
-                          const void* dctx, const float* lse, const float* delta, const uint32_t* mask,
+                          const void* dctx, const void* ctx, const float* lse, const uint32_t* mask,
                           const int32_t* lengths, int rows, int seq, int C, int ld, int heads, const DropoutSite& site,
                           cudaStream_t stream) {
   if (seq <= 0 || seq > kShortBackwardMaxSeq) throw std::invalid_argument("sm90::flash_backward_short: seq out of range");
   if (bf16)
-    launch_backward_short<__nv_bfloat16>(dq, dk, dv, q, k, v, dctx, lse, delta, mask, lengths, rows, seq, C, ld, heads,
+    launch_backward_short<__nv_bfloat16>(dq, dk, dv, q, k, v, dctx, ctx, lse, mask, lengths, rows, seq, C, ld, heads,
                                          site, stream);
   else
-    launch_backward_short<__half>(dq, dk, dv, q, k, v, dctx, lse, delta, mask, lengths, rows, seq, C, ld, heads, site,
+    launch_backward_short<__half>(dq, dk, dv, q, k, v, dctx, ctx, lse, mask, lengths, rows, seq, C, ld, heads, site,
                                   stream);
 }
 

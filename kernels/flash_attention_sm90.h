@@ -12,7 +12,7 @@
 namespace llmqs::kernels::cuda::sm90 {
 
 // ctx [rows x seq x C], lse; q, k, v with row stride ld (head h in columns h*64 ..). bf16 = true
-// for bfloat16, else fp16.
+// for bfloat16, else fp16. Rows up to 128 tokens take a persistent kernel that holds the whole row.
 void flash_forward(bool bf16, void* ctx, float* lse, const uint32_t* mask, const void* q, const void* k,
                    const void* v, const int32_t* lengths, int rows, int seq, int C, int ld, int heads,
                    const DropoutSite& site, cudaStream_t stream);
@@ -23,11 +23,16 @@ void flash_backward_kv(bool bf16, void* dk, void* dv, void* ds_t, const void* q,
                        const int32_t* lengths, int rows, int seq, int seq_pad, int C, int ld, int heads,
                        const DropoutSite& site, cudaStream_t stream);
 
-// The whole backward (dQ, dK, dV) of rows up to kShortBackwardMaxSeq tokens in one kernel, one
-// block per row x head: dS stays in shared memory, so neither dS^T nor a dQ kernel is needed.
+// dQ = c dS K from the dS^T blocks flash_backward_kv stored (ds_pad(seq)^2 per row x head).
+void flash_dq_from_ds(bool bf16, void* dq, const void* ds_t, const void* k, const int32_t* lengths, int rows,
+                      int seq, int seq_pad, int ld, int heads, cudaStream_t stream);
+
+// The whole backward (dQ, dK, dV) of rows up to kShortBackwardMaxSeq tokens in one persistent
+// kernel, a row x head per block at a time: dS stays in shared memory, so neither dS^T nor a dQ
+// kernel is needed, and delta = dO . O is formed from ctx (the forward's output) in the kernel.
 constexpr int kShortBackwardMaxSeq = 128;
 void flash_backward_short(bool bf16, void* dq, void* dk, void* dv, const void* q, const void* k, const void* v,
-                          const void* dctx, const float* lse, const float* delta, const uint32_t* mask,
+                          const void* dctx, const void* ctx, const float* lse, const uint32_t* mask,
                           const int32_t* lengths, int rows, int seq, int C, int ld, int heads, const DropoutSite& site,
                           cudaStream_t stream);
 

@@ -609,10 +609,19 @@ TEST_P(CudaKernels, FlashAttentionWithPaddingAndDropoutMatchesCpu) {
   std::cout << "[ attention ] " << llmqs::kernels::dtype_name(type) << " head_dim 64 runs "
             << (hopper ? "the wgmma kernels, then the mma.sync ones" : "the mma.sync kernels (no sm_90a code here)")
             << "\n";
+  // The one-kernel backward is persistent (a block takes row x heads blockIdx.x, + gridDim.x, ...,
+  // alternating two shared-memory buffers); 150 x 2 and 160 x 2 rows x heads at seq 96 and 64 exceed
+  // the resident blocks of a 132-SM H100/H200 (one and two per SM), so blocks take several.
+  auto many_rows = [](int rows, int seq) {
+    Shape s{rows, seq, 128, 2, {}};
+    for (int r = 0; r < rows; ++r) s.lengths.push_back(std::max(1, seq - (r * 37) % seq));
+    return s;
+  };
   for (const Shape& s : {Shape{2, 128, 128, 2, {100, 128}}, Shape{3, 77, 96, 3, {77, 40, 1}},
                          Shape{1, 200, 256, 4, {131}}, Shape{2, 256, 128, 2, {256, 190}},
                          Shape{1, 130, 64, 2, {130}}, Shape{2, 512, 128, 2, {512, 301}},
-                         Shape{3, 50, 128, 2, {50, 17, 1}}, Shape{4, 96, 128, 2, {96, 70, 64, 65}}}) {
+                         Shape{3, 50, 128, 2, {50, 17, 1}}, Shape{4, 96, 128, 2, {96, 70, 64, 65}},
+                         many_rows(150, 96), many_rows(160, 64)}) {
     ASSERT_TRUE(cu::flash_attention_supported(type, s.C, s.heads));
     for (const float p : {0.0f, 0.1f}) {
       const std::string base_what = "seq=" + std::to_string(s.seq) + " C=" + std::to_string(s.C) + " heads=" +
@@ -664,7 +673,7 @@ TEST_P(CudaKernels, FlashAttentionWithPaddingAndDropoutMatchesCpu) {
       expect_close(ctx.get(), ctx_ref, tolerance(type), "flash ctx " + what);
       // Both ways to dQ: from the dS the dK/dV kernel stores (poisoned first, so a read of a part
       // it did not write shows as NaN), and recomputed by a third kernel (ds_scratch null).
-      std::vector<float> dk_first, dv_first;
+      std::vector<float> dk_first, dv_first, dq_first;
       for (const bool stored_ds : {true, false}) {
         const std::string how = what + (stored_ds ? " (dQ from stored dS)" : " (dQ recomputed)");
         dqkv.poison();
@@ -684,13 +693,20 @@ TEST_P(CudaKernels, FlashAttentionWithPaddingAndDropoutMatchesCpu) {
           for (int j = s.lengths[r]; j < s.seq; ++j)
             for (int c = 0; c < s.C; ++c)
               ASSERT_EQ(dk_got[(size_t(r) * s.seq + j) * s.C + c], 0.0f) << how << " row " << r << " key " << j;
-        // dK and dV come from the same kernel either way: storing dS must not change them.
+        // dK and dV come from the same kernel either way: storing dS must not change them. On the
+        // Hopper kernels rows up to 128 tokens take the one-kernel backward both times, whose dQ
+        // has one fixed summation order: the second call must give the same bits.
+        const bool one_kernel = wgmma && s.seq <= 128;
         if (stored_ds) {
           dk_first = dk_got;
           dv_first = dqkv.get(2);
+          if (one_kernel) dq_first = dqkv.get(0);
         } else {
           EXPECT_EQ(dk_got, dk_first) << how;
           EXPECT_EQ(dqkv.get(2), dv_first) << how;
+          if (one_kernel) {
+            EXPECT_EQ(dqkv.get(0), dq_first) << how;
+          }
         }
       }
      }
@@ -763,7 +779,8 @@ TEST_P(CudaKernels, GeluTanhAndDropoutMatchCpu) {
 
 // Bias-gradient column sums (packed and scalar kernels) and the fused dGELU + FFN1 bias pass,
 // against the CPU, and packed == scalar bit for bit (the same addition order by construction).
-// cols 72 runs packed for every type, 36 only in fp32, 37 never; 300 rows = three row chunks.
+// cols 72 runs packed for every type, 36 only in fp32, 37 never; 300 rows = three row chunks,
+// which the packed kernels also sum with two blocks along the rows (one of them takes chunks 0 and 2).
 TEST_P(CudaKernels, ColumnSumsAndFusedGeluBiasGradMatchCpuAndTheScalarBits) {
   REQUIRE_CUDA();
   const DType type = GetParam();
@@ -784,14 +801,16 @@ TEST_P(CudaKernels, ColumnSumsAndFusedGeluBiasGradMatchCpuAndTheScalarBits) {
       }
     DeviceArray dx(x, type), ddout(dout, type), dinp(n, type);
     DeviceArray scratch(cu::column_reduce_scratch_floats(rows, cols), DType::kF32);
-    std::vector<float> bits[2][2];  // [packed][column sum, fused dbias]
-    for (const bool packed : {true, false}) {
+    std::vector<float> bits[3][2];  // [scalar, packed, packed over two row blocks][column sum, fused dbias]
+    for (const int variant : {1, 2, 0}) {
+      const bool packed = variant > 0;
       const VariantScope scope([&] {
         cu::KernelVariants v = variants(packed);
         v.packed_column_sums = packed;
+        v.column_sum_chunk_blocks = variant == 2 ? 2 : 0;
         return v;
       }());
-      const std::string how = what + (packed ? " packed" : " scalar");
+      const std::string how = what + (packed ? " packed" : " scalar") + (variant == 2 ? " (2 row blocks)" : "");
       DeviceArray sum(start), dbias(start);
       cu::linear_backward_bias(sum.f32(), ddout.ptr(), type, rows, cols, scratch.f32(), nullptr);
       dinp.poison();
@@ -799,15 +818,17 @@ TEST_P(CudaKernels, ColumnSumsAndFusedGeluBiasGradMatchCpuAndTheScalarBits) {
                                   nullptr);
       CUDA_CHECK(cudaDeviceSynchronize());
       expect_close(dinp.get(), dgelu_ref, tolerance(type), "fused dGELU values " + how);
-      bits[packed][0] = sum.get();
-      bits[packed][1] = dbias.get();
-      expect_close(bits[packed][0], sum_ref, 2e-5, "bias column sums " + how);
+      bits[variant][0] = sum.get();
+      bits[variant][1] = dbias.get();
+      expect_close(bits[variant][0], sum_ref, 2e-5, "bias column sums " + how);
       // Half types: a stored dGELU value may round the other way than the CPU's (1 ulp, fast-math expf).
-      expect_close(bits[packed][1], dbias_ref, type == DType::kF32 ? 2e-5 : 2e-3, "fused dGELU bias gradient " + how);
+      expect_close(bits[variant][1], dbias_ref, type == DType::kF32 ? 2e-5 : 2e-3, "fused dGELU bias gradient " + how);
     }
-    for (int k = 0; k < 2; ++k)
-      for (int c = 0; c < cols; ++c)
-        ASSERT_EQ(bits[1][k][c], bits[0][k][c]) << (k ? "fused dbias" : "column sum") << " column " << c << " " << what;
+    for (int variant : {1, 2})
+      for (int k = 0; k < 2; ++k)
+        for (int c = 0; c < cols; ++c)
+          ASSERT_EQ(bits[variant][k][c], bits[0][k][c])
+              << (k ? "fused dbias" : "column sum") << " column " << c << " " << what << " variant " << variant;
   }
 }
 
