@@ -255,6 +255,55 @@ __device__ __forceinline__ uint8_t* align_1024(uint8_t* p) {
   return p + ((1024 - (smem_address(p) & 1023)) & 1023);
 }
 
+// This thread's keep bits of query row `row_index` (bh * seq + query) in 64-key tile `tile`: the
+// tile's aligned word pair, shifted right by 2t (the bit of column 8n + 2t + c is then bit
+// (n % 4) * 8 + c of word n / 4); all ones where there is no dropout or no such query.
+__device__ __forceinline__ uint2 load_keep_pair(const uint32_t* mask, size_t row_index, int words, int tile, int t,
+                                                bool use) {
+  uint2 keep = use ? *reinterpret_cast<const uint2*>(mask + row_index * words + 2 * tile) : make_uint2(~0u, ~0u);
+  keep.x >>= 2 * t;
+  keep.y >>= 2 * t;
+  return keep;
+}
+
+// The forward's result for this thread's query rows rows[0], rows[1] (those below seq): ctx = O x
+// out_scale / sum (out_scale = 1 / (1 - p) under dropout, else 1), columns 8n + 2t, +1 of the head
+// slice ctx_head (row stride C), and lse = max + log2(sum) (log2 domain) at lse_head[row].
+template <typename T>
+__device__ __forceinline__ void store_forward_rows(T* ctx_head, float* lse_head, int C, const int (&rows)[2], int seq,
+                                                   const float (&o)[32], const float (&row_sum)[2],
+                                                   const float (&row_max)[2], float out_scale, int t) {
+#pragma unroll
+  for (int x = 0; x < 2; ++x) {
+    const float sum = quad_sum(row_sum[x]);
+    if (rows[x] >= seq) continue;
+    const float inv = sum > 0.0f ? out_scale / sum : 0.0f;
+    T* out = ctx_head + size_t(rows[x]) * C;
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+      *reinterpret_cast<uint32_t*>(out + n * 8 + 2 * t) =
+          Pack2<T>::pack(o[4 * n + 2 * x] * inv, o[4 * n + 2 * x + 1] * inv);
+    if (t == 0) lse_head[rows[x]] = row_max[x] + log2f(sum);
+  }
+}
+
+// scale x dQ of this thread's queries first_row and first_row + 8 (those below seq), columns
+// 8n + 2t, +1 of the head slice dq_head (row stride ld).
+template <typename T>
+__device__ __forceinline__ void store_query_gradients(T* dq_head, int ld, int first_row, int seq,
+                                                      const float (&dq_acc)[32], float scale, int t) {
+#pragma unroll
+  for (int x = 0; x < 2; ++x) {
+    const int i = first_row + 8 * x;
+    if (i >= seq) continue;
+    T* out = dq_head + size_t(i) * ld;
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+      *reinterpret_cast<uint32_t*>(out + n * 8 + 2 * t) =
+          Pack2<T>::pack(dq_acc[4 * n + 2 * x] * scale, dq_acc[4 * n + 2 * x + 1] * scale);
+  }
+}
+
 // ---- forward -------------------------------------------------------------------------------------
 // One block of kGroups warpgroups per (64 kGroups queries, row x head); warpgroup wg owns queries
 // q0 + 64 wg .. + 63, its Q rows in registers as A fragments. The block streams 64-key K/V tiles
@@ -317,13 +366,8 @@ __global__ void __launch_bounds__(kGroups * kGroupThreads, 2)
     __syncthreads();
     if (jt + 1 < tiles) load_kv(jt + 1);
 #pragma unroll
-    for (int x = 0; x < 2; ++x) {
-      keep[x] = dropout && rows[x] < seq
-                    ? *reinterpret_cast<const uint2*>(mask + (size_t(bh) * seq + rows[x]) * words + 2 * jt)
-                    : make_uint2(~0u, ~0u);
-      keep[x].x >>= 2 * t;
-      keep[x].y >>= 2 * t;
-    }
+    for (int x = 0; x < 2; ++x)
+      keep[x] = load_keep_pair(mask, size_t(bh) * seq + rows[x], words, jt, t, dropout && rows[x] < seq);
   };
   // The online softmax of S_j (in s): new row maxima and sums, s <- p, and in `correction` the
   // factor that O (summed under the old maxima) must be rescaled by.
@@ -401,18 +445,8 @@ __global__ void __launch_bounds__(kGroups * kGroupThreads, 2)
     fence_registers(pa);
   }
 
-#pragma unroll
-  for (int x = 0; x < 2; ++x) {
-    const float sum = quad_sum(row_sum[x]);
-    if (rows[x] >= seq) continue;
-    const float inv = sum > 0.0f ? (dropout ? keep_scale : 1.0f) / sum : 0.0f;
-    T* out = ctx + ctx_offset + size_t(rows[x]) * C;
-#pragma unroll
-    for (int n = 0; n < 8; ++n)
-      *reinterpret_cast<uint32_t*>(out + n * 8 + 2 * t) =
-          Pack2<T>::pack(o[4 * n + 2 * x] * inv, o[4 * n + 2 * x + 1] * inv);
-    if (t == 0) lse[size_t(bh) * seq + rows[x]] = row_max[x] + log2f(sum);
-  }
+  store_forward_rows<T>(ctx + ctx_offset, lse + size_t(bh) * seq, C, rows, seq, o, row_sum, row_max,
+                        dropout ? keep_scale : 1.0f, t);
 #endif
 }
 
@@ -465,13 +499,8 @@ __global__ void __launch_bounds__(kGroups * kGroupThreads, kGroups == 1 ? 4 : 1)
 #pragma unroll
     for (int j = 0; j < kGroups; ++j)
 #pragma unroll
-      for (int x = 0; x < 2; ++x) {
-        keep[j][x] = dropout && rows[x] < seq
-                         ? *reinterpret_cast<const uint2*>(mask + (size_t(bh) * seq + rows[x]) * words + 2 * j)
-                         : make_uint2(~0u, ~0u);
-        keep[j][x].x >>= 2 * t;
-        keep[j][x].y >>= 2 * t;
-      }
+      for (int x = 0; x < 2; ++x)
+        keep[j][x] = load_keep_pair(mask, size_t(bh) * seq + rows[x], words, j, t, dropout && rows[x] < seq);
     copy_async_wait<0>();  // this row x head's tiles (the only copies in flight)
     fence_proxy_async();
     __syncthreads();  // also: every warpgroup is done with the previous row x head (buffer b ^ 1)
@@ -533,19 +562,8 @@ __global__ void __launch_bounds__(kGroups * kGroupThreads, kGroups == 1 ? 4 : 1)
 #pragma unroll
     for (int j = 0; j < kGroups; ++j) fence_registers(pa[j]);
 
-    const size_t ctx_offset = size_t(r) * seq * C + size_t(h) * kHeadDim;
-#pragma unroll
-    for (int x = 0; x < 2; ++x) {
-      const float sum = quad_sum(row_sum[x]);
-      if (rows[x] >= seq) continue;
-      const float inv = sum > 0.0f ? (dropout ? keep_scale : 1.0f) / sum : 0.0f;
-      T* out = ctx + ctx_offset + size_t(rows[x]) * C;
-#pragma unroll
-      for (int n = 0; n < 8; ++n)
-        *reinterpret_cast<uint32_t*>(out + n * 8 + 2 * t) =
-            Pack2<T>::pack(o[4 * n + 2 * x] * inv, o[4 * n + 2 * x + 1] * inv);
-      if (t == 0) lse[size_t(bh) * seq + rows[x]] = row_max[x] + log2f(sum);
-    }
+    store_forward_rows<T>(ctx + size_t(r) * seq * C + size_t(h) * kHeadDim, lse + size_t(bh) * seq, C, rows, seq, o,
+                          row_sum, row_max, dropout ? keep_scale : 1.0f, t);
   }
 #endif
 }
@@ -787,17 +805,7 @@ __global__ void __launch_bounds__(2 * kGroupThreads, 2) flash_dq_from_ds_kernel(
     fence_registers(dq_acc);
   }
   copy_async_wait<0>();
-  if (!queries) return;
-#pragma unroll
-  for (int x = 0; x < 2; ++x) {
-    const int i = i0 + warp * 16 + g + 8 * x;
-    if (i >= seq) continue;
-    T* out = dq + head_offset + size_t(i) * ld;
-#pragma unroll
-    for (int n = 0; n < 8; ++n)
-      *reinterpret_cast<uint32_t*>(out + n * 8 + 2 * t) =
-          Pack2<T>::pack(dq_acc[4 * n + 2 * x] * scale, dq_acc[4 * n + 2 * x + 1] * scale);
-  }
+  if (queries) store_query_gradients<T>(dq + head_offset, ld, i0 + warp * 16 + g, seq, dq_acc, scale, t);
 #endif
 }
 
@@ -991,16 +999,7 @@ __global__ void __launch_bounds__(kGroups * kGroupThreads, 1) flash_backward_sho
       wgmma_commit();
       wgmma_wait<0>();
       fence_registers(dq_acc);
-#pragma unroll
-      for (int x = 0; x < 2; ++x) {
-        const int i = wg * kTile + warp * 16 + g + 8 * x;
-        if (i >= seq) continue;
-        T* out = dq + head_offset + size_t(i) * ld;
-#pragma unroll
-        for (int n = 0; n < 8; ++n)
-          *reinterpret_cast<uint32_t*>(out + n * 8 + 2 * t) =
-              Pack2<T>::pack(dq_acc[4 * n + 2 * x] * scale, dq_acc[4 * n + 2 * x + 1] * scale);
-      }
+      store_query_gradients<T>(dq + head_offset, ld, wg * kTile + warp * 16 + g, seq, dq_acc, scale, t);
     }
   }
 #endif
