@@ -175,13 +175,7 @@ void column_reduce_packed(F f, int64_t rows, int cols, float* out, int out_cols,
   const unsigned column_blocks = ceil_div(cols / kN, 32);
   // One wave: as many chunk rows of blocks as fit beside each other, every block taking the same
   // number of chunks (a grid of one block per chunk left a third wave 18% full at 32K rows x 2304).
-  static const int resident = [] {
-    int device = 0, sms = 0, per_sm = 0;
-    CUDA_CHECK(cudaGetDevice(&device));
-    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, column_reduce_packed_partial_kernel<kN, F>, 256, 0));
-    return std::max(1, sms * per_sm);
-  }();
+  static const int resident = resident_blocks_of(column_reduce_packed_partial_kernel<kN, F>, 256, 0);
   const int forced = kernel_variants().column_sum_chunk_blocks;
   const unsigned fit = forced > 0 ? unsigned(forced) : std::max(1u, unsigned(resident) / column_blocks);
   const unsigned per_block = ceil_div(chunks, fit);

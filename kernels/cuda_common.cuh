@@ -46,6 +46,17 @@ __device__ __forceinline__ float warp_max(float x) {
 
 inline unsigned int ceil_div(int64_t a, int64_t b) { return static_cast<unsigned int>((a + b - 1) / b); }
 
+// Blocks of `kernel` (threads per block, dynamic shared memory) that fit the current device at
+// once: SMs x the occupancy calculator's blocks per SM (at least 1). For grids of one wave.
+template <typename Kernel>
+int resident_blocks_of(Kernel kernel, int threads, int dynamic_smem_bytes) {
+  int device = 0, sms = 0, per_sm = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, dynamic_smem_bytes));
+  return sms * per_sm > 0 ? sms * per_sm : 1;
+}
+
 // ---- 16-byte packs: kPack<T> consecutive elements moved with one 128-bit load or store ---------
 // (8 for bf16/fp16, 4 for fp32). The address must be 16-byte aligned: callers check
 // is_aligned16 on the host and fall back to a scalar kernel otherwise.

@@ -404,11 +404,9 @@ __global__ void flash_backward_delta_kernel(float* delta, const T* dctx, const T
     float a[8], b[8];
     load_pack(dctx + index * 8, a);
     load_pack(ctx + index * 8, b);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) sum += a[e] * b[e];
+    sum = pack_dot(a, b);
   }
-#pragma unroll
-  for (int offset = 1; offset < kPacksPerHead; offset <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+  sum = sum_over_head_lanes<kPacksPerHead>(sum);
   if (!in || index % kPacksPerHead != 0) return;
   const size_t token = index / packs_per_token;
   const int h = int(index % packs_per_token) / kPacksPerHead;

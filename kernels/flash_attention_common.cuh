@@ -95,6 +95,23 @@ __device__ __forceinline__ float quad_sum(float x) {
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
+// ---- delta = dO . O ------------------------------------------------------------------------------
+// One order for every kernel that forms delta (flash_attention.cu's delta kernel, the Hopper
+// short-row backward), so that they give the same bits: the eight products of a 16-byte pack in
+// order, then the kPacks packs of a head, held by kPacks consecutive lanes, by an xor tree.
+__device__ __forceinline__ float pack_dot(const float (&a)[8], const float (&b)[8]) {
+  float sum = 0.0f;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) sum += a[e] * b[e];
+  return sum;
+}
+template <int kPacks>
+__device__ __forceinline__ float sum_over_head_lanes(float sum) {
+#pragma unroll
+  for (int offset = 1; offset < kPacks; offset <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+  return sum;
+}
+
 // ---- the dropout mask ---------------------------------------------------------------------------
 // Bit j % 32 of word mask[(bh * seq + i) * words_per_row + j / 32] is keep(i, j) (j < seq), drawn
 // by the forward, read by the backward. words_per_row = 2 ceil(seq / 64): a 64-key tile of a query

@@ -287,20 +287,20 @@ __device__ __forceinline__ void store_forward_rows(T* ctx_head, float* lse_head,
   }
 }
 
-// scale x dQ of this thread's queries first_row and first_row + 8 (those below seq), columns
-// 8n + 2t, +1 of the head slice dq_head (row stride ld).
+// scale x acc into this thread's rows first_row and first_row + 8 (those below seq), columns
+// 8n + 2t, +1 of the head slice `head` (row stride ld): dQ of its queries, or dK / dV of its keys.
 template <typename T>
-__device__ __forceinline__ void store_query_gradients(T* dq_head, int ld, int first_row, int seq,
-                                                      const float (&dq_acc)[32], float scale, int t) {
+__device__ __forceinline__ void store_gradient_rows(T* head, int ld, int first_row, int seq, const float (&acc)[32],
+                                                    float scale, int t) {
 #pragma unroll
   for (int x = 0; x < 2; ++x) {
     const int i = first_row + 8 * x;
     if (i >= seq) continue;
-    T* out = dq_head + size_t(i) * ld;
+    T* out = head + size_t(i) * ld;
 #pragma unroll
     for (int n = 0; n < 8; ++n)
       *reinterpret_cast<uint32_t*>(out + n * 8 + 2 * t) =
-          Pack2<T>::pack(dq_acc[4 * n + 2 * x] * scale, dq_acc[4 * n + 2 * x + 1] * scale);
+          Pack2<T>::pack(acc[4 * n + 2 * x] * scale, acc[4 * n + 2 * x + 1] * scale);
   }
 }
 
@@ -568,24 +568,14 @@ __global__ void __launch_bounds__(kGroups * kGroupThreads, kGroups == 1 ? 4 : 1)
 #endif
 }
 
-// The dK/dV kernels' result: scale x dK and dV of this thread's keys kj[0], kj[1] (those below
-// seq), columns 8n + 2t, +1 of a head slice (row stride ld).
+// The dK/dV kernels' result: scale x dK and dV of this thread's keys kj[0], kj[1] = kj[0] + 8
+// (those below seq) of a head slice (row stride ld).
 template <typename T>
 __device__ __forceinline__ void store_key_gradients(T* dk, T* dv, int ld, const WarpKeys& keys, int seq,
                                                     const float (&dk_acc)[32], const float (&dv_acc)[32], float scale,
                                                     int t) {
-#pragma unroll
-  for (int x = 0; x < 2; ++x) {
-    if (keys.kj[x] >= seq) continue;
-    const size_t row = size_t(keys.kj[x]) * ld;
-#pragma unroll
-    for (int n = 0; n < 8; ++n) {
-      *reinterpret_cast<uint32_t*>(dk + row + n * 8 + 2 * t) =
-          Pack2<T>::pack(dk_acc[4 * n + 2 * x] * scale, dk_acc[4 * n + 2 * x + 1] * scale);
-      *reinterpret_cast<uint32_t*>(dv + row + n * 8 + 2 * t) =
-          Pack2<T>::pack(dv_acc[4 * n + 2 * x], dv_acc[4 * n + 2 * x + 1]);
-    }
-  }
+  store_gradient_rows<T>(dk, ld, keys.kj[0], seq, dk_acc, scale, t);
+  store_gradient_rows<T>(dv, ld, keys.kj[0], seq, dv_acc, 1.0f, t);
 }
 
 // ---- backward: dK, dV (and dS^T for the dQ product) -----------------------------------------------
@@ -805,7 +795,7 @@ __global__ void __launch_bounds__(2 * kGroupThreads, 2) flash_dq_from_ds_kernel(
     fence_registers(dq_acc);
   }
   copy_async_wait<0>();
-  if (queries) store_query_gradients<T>(dq + head_offset, ld, i0 + warp * 16 + g, seq, dq_acc, scale, t);
+  if (queries) store_gradient_rows<T>(dq + head_offset, ld, i0 + warp * 16 + g, seq, dq_acc, scale, t);
 #endif
 }
 
@@ -818,8 +808,8 @@ __global__ void __launch_bounds__(2 * kGroupThreads, 2) flash_dq_from_ds_kernel(
 // memory; once every tile is done, warpgroup wg forms dQ of query tile wg = dS K over all keys of
 // the row (A = dS^T read M-major, B = K read MN-major) and stores it. So dS never leaves the SM,
 // no dQ kernel runs, and the sum over keys has one fixed order (no atomics: runs repeat bit for bit).
-// delta = dO . O is formed here from the tiles (the delta kernel's order: eight products per
-// 16-byte pack, then the eight packs of a head by the same xor tree), so that kernel does not run.
+// delta = dO . O is formed here from the tiles in the delta kernel's order (pack_dot and
+// sum_over_head_lanes, flash_attention_common.cuh), so that kernel does not run.
 // Persistent: a block takes row x heads blockIdx.x, + gridDim.x, ... (the launcher sizes the grid to
 // the resident blocks), with two input buffers: the next row x head's copies are issued as soon as
 // this one's have landed, so they overlap its products instead of leaving the SM idle.
@@ -894,7 +884,6 @@ __global__ void __launch_bounds__(kGroups * kGroupThreads, 1) flash_backward_sho
     {
       constexpr int kQueriesPerPass = 4 * (kThreads / 32);
       const int pack = lane & 7;
-#pragma unroll
 #pragma unroll 1
       for (int pass = 0; pass < kRows / kQueriesPerPass; ++pass) {
         const int x = pass * kQueriesPerPass + (tid / 32) * 4 + (lane >> 3);
@@ -903,11 +892,7 @@ __global__ void __launch_bounds__(kGroups * kGroupThreads, 1) flash_backward_sho
         float a[8], o[8];
         load_pack(reinterpret_cast<const T*>(tile_of(b, 3, x / kTile) + offset), a);
         load_pack(reinterpret_cast<const T*>(tile_of(b, 4, x / kTile) + offset), o);
-        float sum = 0.0f;
-#pragma unroll
-        for (int e = 0; e < 8; ++e) sum += a[e] * o[e];
-#pragma unroll
-        for (int step = 1; step < 8; step <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, step);
+        const float sum = sum_over_head_lanes<kHeadDim / 8>(pack_dot(a, o));
         if (pack == 0) delta_s[x] = sum;
       }
     }
@@ -999,7 +984,7 @@ __global__ void __launch_bounds__(kGroups * kGroupThreads, 1) flash_backward_sho
       wgmma_commit();
       wgmma_wait<0>();
       fence_registers(dq_acc);
-      store_query_gradients<T>(dq + head_offset, ld, wg * kTile + warp * 16 + g, seq, dq_acc, scale, t);
+      store_gradient_rows<T>(dq + head_offset, ld, wg * kTile + warp * 16 + g, seq, dq_acc, scale, t);
     }
   }
 #endif
@@ -1022,13 +1007,9 @@ void allow_shared_memory(Kernel kernel, int bytes) {
 
 // The persistent kernels' grid: every block that fits the device at once (one GPU per process).
 template <typename Kernel>
-int resident_blocks(Kernel kernel, int threads, int smem_bytes) {
+int persistent_grid(Kernel kernel, int threads, int smem_bytes) {
   allow_shared_memory(kernel, smem_bytes);
-  int device = 0, sms = 0, per_sm = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem_bytes));
-  return std::max(1, sms * per_sm);
+  return resident_blocks_of(kernel, threads, smem_bytes);
 }
 
 template <typename T, int kGroups>
@@ -1037,7 +1018,7 @@ void launch_forward_short(void* ctx, float* lse, const uint32_t* mask, const voi
                           cudaStream_t stream) {
   constexpr auto kernel = flash_forward_short_kernel<T, kGroups>;
   constexpr int kThreads = kGroups * kGroupThreads, kSmem = kShortForwardSmemBytes<kGroups>;
-  static const int resident = resident_blocks(kernel, kThreads, kSmem);
+  static const int resident = persistent_grid(kernel, kThreads, kSmem);
   const int items = rows * heads;
   kernel<<<std::min(items, resident), kThreads, kSmem, stream>>>(
       static_cast<T*>(ctx), lse, mask, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
@@ -1093,7 +1074,7 @@ void launch_backward_short(void* dq, void* dk, void* dv, const void* q, const vo
                            int seq, int C, int ld, int heads, const DropoutSite& site, cudaStream_t stream) {
   constexpr auto kernel = flash_backward_short_kernel<T, kGroups>;
   constexpr int kThreads = kGroups * kGroupThreads, kSmem = kShortBackwardSmemBytes<kGroups>;
-  static const int resident = resident_blocks(kernel, kThreads, kSmem);
+  static const int resident = persistent_grid(kernel, kThreads, kSmem);
   const int items = rows * heads;
   kernel<<<std::min(items, resident), kThreads, kSmem, stream>>>(
       static_cast<T*>(dq), static_cast<T*>(dk), static_cast<T*>(dv), static_cast<const T*>(q),

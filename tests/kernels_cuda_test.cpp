@@ -603,8 +603,9 @@ TEST_P(CudaKernels, FlashAttentionWithPaddingAndDropoutMatchesCpu) {
   // seq 77 and 130 take the mask kernel's per-key Philox path (seq % 8 != 0), the others one
   // call per eight keys; 256 spans two 128-query forward blocks and four key tiles; 512 (eight
   // tiles, bert-base's length) cycles the Hopper kernels' three shared-memory stages more than once;
-  // on the Hopper kernels seq <= 128 takes the one-kernel backward (one and two warpgroups: 50, 96,
-  // 128), with rows whose keys end inside, at and just past the first 64-key tile.
+  // on the Hopper kernels seq <= 128 takes the short-row forward and the one-kernel backward (one
+  // and two warpgroups: 50, 96, 128), with rows whose keys end inside, at and just past the first
+  // 64-key tile.
   const bool hopper = cu::flash_attention_uses_wgmma(type, 128, 2);
   std::cout << "[ attention ] " << llmqs::kernels::dtype_name(type) << " head_dim 64 runs "
             << (hopper ? "the wgmma kernels, then the mma.sync ones" : "the mma.sync kernels (no sm_90a code here)")
