@@ -522,6 +522,17 @@ void attention_rows(Report& report, Timer& timer, const Buffers& b, const Attent
   const std::string shape = std::to_string(s.rows) + "x" + std::to_string(s.seq) + " h" + std::to_string(s.heads) +
                             " d" + std::to_string(d) + (tag == "full" ? " full" : " len~" + fixed(mean_length, 0)) +
                             " p0.1";
+  if (tag == "full") {  // the keep bits the forward and backward read (drawn per layer, on a side stream in a step)
+    Row mask;
+    mask.name = "attention_dropout_mask";
+    mask.shape = std::to_string(s.rows) + "x" + std::to_string(s.seq) + " h" + std::to_string(s.heads) + " p0.1";
+    mask.call = "flash_attention_dropout_mask(dropout_mask, B, S, 12, site p=0.1)";
+    mask.bytes = 4.0 * double(cu::flash_attention_mask_words(s.rows, s.seq, s.heads));
+    mask.calls_per_step = calls_per_step;
+    mask.note = "Philox-bound: one call per 8 keys; bytes = the mask written";
+    mask.enqueue = [&] { cu::flash_attention_dropout_mask(b.attn_mask, s.rows, s.seq, s.heads, site, stream); };
+    report.measure(timer, mask);
+  }
   Row fwd;
   fwd.name = "flash_attention_fwd." + tag;
   fwd.shape = shape;

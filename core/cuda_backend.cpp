@@ -25,6 +25,9 @@
 //                            (kernels/matmul_cublaslt.h: tuning never changes the results)
 //   LLMQS_CUDA_PROFILE=1     per-phase GPU times on stderr (PhaseProfile); LLMQS_CUDA_PROFILE_SKIP
 //                            = steps left out at the start (default 1: the warm-up step)
+//   LLMQS_ATTENTION_MASKS=main  draw each layer's attention dropout mask on the main stream right
+//                            before its attention instead of all of them on the side stream (same
+//                            bits; measured equal, docs/performance.md section 11)
 //   LLMQS_CUDA_GRAPHS=0      launch every kernel of a training micro-batch from the host instead of
 //                            replaying captured CUDA graphs (StepGraphs below)
 #include "core/cuda_backend.h"
@@ -221,6 +224,7 @@ class CudaBackend final : public Backend {
     variants.packed_gelu = env_value("LLMQS_GELU") != "scalar";
     variants.packed_column_sums = env_value("LLMQS_COLUMN_SUM") != "scalar";
     variants.wgmma_attention = env_value("LLMQS_ATTENTION_WGMMA") != "0";
+    masks_on_side_stream_ = env_value("LLMQS_ATTENTION_MASKS") != "main";
     cu::set_kernel_variants(variants);
     // The residual LayerNorms record their dropout keep bits for the backward where the packed
     // kernels run (the plan's size and the kernels' layout must agree).
@@ -629,7 +633,8 @@ class CudaBackend final : public Backend {
     const float eps = config_.layer_norm_eps;
     const DropoutSite none;
     const int32_t* lengths = i32(plan_.lengths);
-    const bool side_masks = plan_.fused_attention && key_.enabled && attn_p > 0.0f;
+    const bool draw_masks = plan_.fused_attention && key_.enabled && attn_p > 0.0f;
+    const bool side_masks = draw_masks && masks_on_side_stream_;
     if (side_masks) {
       // Every layer's attention keep bits, drawn on mask_stream_ while the main stream runs the
       // embeddings and the first matmuls; layer l's attention waits for mask_ready_[l]. The side
@@ -664,6 +669,9 @@ class CudaBackend final : public Backend {
       const void* v = qkv_block(act(a.qkv), 2);
       profile_->mark("qkv_fwd");
       if (side_masks) CUDA_CHECK(cudaStreamWaitEvent(stream_, mask_ready_[l], 0));
+      if (draw_masks && !side_masks)
+        cu::flash_attention_dropout_mask(u32(a.attn_mask), B, S, H,
+                                         layer_site(l, kernels::LayerDropoutSite::kAttentionProbs, attn_p), stream_);
       if (plan_.fused_attention)
         cu::flash_attention_forward(act(a.ctx), f32(a.probs), u32(a.attn_mask), q, k, v, lengths, type_, B, S, C, H,
                                     3 * C,
@@ -864,6 +872,7 @@ class CudaBackend final : public Backend {
   cudaStream_t mask_stream_ = nullptr;       // fused attention: dropout masks (run_forward)
   cudaEvent_t forward_start_ = nullptr;
   std::vector<cudaEvent_t> mask_ready_;      // per layer
+  bool masks_on_side_stream_ = true;         // LLMQS_ATTENTION_MASKS=main: each layer's, before its attention
   std::unique_ptr<cu::MatmulContext> matmul_;
   std::unique_ptr<PhaseProfile> profile_;
   size_t word_ = 0, position_ = 0, token_type_ = 0, ln0_g_ = 0, ln0_b_ = 0;
