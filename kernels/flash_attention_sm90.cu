@@ -98,6 +98,17 @@ __device__ __forceinline__ void fence_proxy_async() {
 #endif
 }
 
+// Waits for every wgmma of the warpgroup and fences the dK/dV kernels' accumulators and the A
+// fragments their products read (after it, the registers are free to read and rewrite).
+__device__ __forceinline__ void wait_for_key_products(float (&dv_acc)[32], float (&dk_acc)[32], uint32_t (&pa)[4][4],
+                                                      uint32_t (&sa)[4][4]) {
+  wgmma_wait<0>();
+  fence_registers(dv_acc);
+  fence_registers(dk_acc);
+  fence_registers(pa);
+  fence_registers(sa);
+}
+
 #define LLMQS_WGMMA_D32                                                                                  \
   "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, " \
   "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
@@ -679,11 +690,7 @@ __global__ void __launch_bounds__(kGroupThreads, 2) flash_backward_kv_kernel(
     // Waits for dV/dK += ..._{it-1} (their A registers), packs Pd^T and dS^T as A fragments, and
     // stores dS^T for the dQ kernel: keys kj[0], kj[1] x queries i0 + 16 kk + 2t (+8), +1.
     auto pack = [&](int it) {
-      wgmma_wait<0>();
-    fence_registers(dv_acc);
-    fence_registers(dk_acc);
-    fence_registers(pa);
-    fence_registers(sa);
+      wait_for_key_products(dv_acc, dk_acc, pa, sa);
       accumulator_to_a<T>(pa, s);
       accumulator_to_a<T>(sa, dp);
       if (ds_t) {
@@ -726,11 +733,7 @@ __global__ void __launch_bounds__(kGroupThreads, 2) flash_backward_kv_kernel(
     elementwise(tiles - 1);
     pack(tiles - 1);
     accumulate_dv_dk(tiles - 1);
-    wgmma_wait<0>();
-    fence_registers(dv_acc);
-    fence_registers(dk_acc);
-    fence_registers(pa);
-    fence_registers(sa);
+    wait_for_key_products(dv_acc, dk_acc, pa, sa);
   }
   store_key_gradients<T>(dk + head_offset, dv + head_offset, ld, keys, seq, dk_acc, dv_acc, scale, t);
 #endif
@@ -961,11 +964,7 @@ __global__ void __launch_bounds__(kGroups * kGroupThreads, 1) flash_backward_sho
       wgmma_64x64x64<T, 1>(dk_acc, sa, q_tile, true);
       wgmma_commit();
     }
-    wgmma_wait<0>();
-    fence_registers(dv_acc);
-    fence_registers(dk_acc);
-    fence_registers(pa);
-    fence_registers(sa);
+    wait_for_key_products(dv_acc, dk_acc, pa, sa);
 
     store_key_gradients<T>(dk + head_offset, dv + head_offset, ld, keys, seq, dk_acc, dv_acc, scale, t);
 
