@@ -10,7 +10,10 @@
 # core_cuda_backend_test), built with -DCMAKE_CUDA_ARCHITECTURES="75;90a" -DLLMQS_STATIC_DEPS=ON,
 # stripped, and carried (e.g. xz-packed under .devcarry/, which .gitignore keeps out of git).
 # Usage: scripts/device_ab.sh BASE_DIR NEW_DIR [PYTORCH_SCRIPT]
-#   env: ROUNDS (2), TORCH (1). Writes $OUT/summary.txt (one line per measurement) and logs.tgz.
+#   env: ROUNDS (2), TORCH (1), KERNEL_TESTS (the candidate's kernels_cuda_test filter, default
+#   '*FlashAttention*:*ColumnSums*'; '*' runs the whole suite, as a change to dropout or any
+#   kernel other than attention needs). Writes $OUT/summary.txt (one line per measurement) and logs.tgz.
+# scripts/prepare_candidate.sh builds and packs both folders from HEAD and a list of patches.
 set -uo pipefail
 base=${1:?base build folder}
 new=${2:?candidate build folder}
@@ -31,11 +34,11 @@ if ! command -v nvidia-smi >/dev/null 2>&1; then
   exit 2
 fi
 note "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
-"$new/kernels_cuda_test" --gtest_filter='*FlashAttention*:*ColumnSums*' >"$logs/kernels_test.txt" 2>&1
+"$new/kernels_cuda_test" --gtest_filter="${KERNEL_TESTS:-*FlashAttention*:*ColumnSums*}" >"$logs/kernels_test.txt" 2>&1
 kernels_rc=$?
 "$new/core_cuda_backend_test" >"$logs/backend_test.txt" 2>&1
 backend_rc=$?
-note "new: attention/column-sum tests rc=$kernels_rc, backend suite rc=$backend_rc" \
+note "new: kernels tests (${KERNEL_TESTS:-*FlashAttention*:*ColumnSums*}) rc=$kernels_rc, backend suite rc=$backend_rc" \
   "$(grep -hE '^\[  (PASSED|FAILED)  \]' "$logs/kernels_test.txt" "$logs/backend_test.txt" | tr '\n' ' ') $(elapsed)"
 if [ "$kernels_rc" != 0 ] || [ "$backend_rc" != 0 ]; then
   note "tests failed: no timings"
