@@ -3,7 +3,8 @@
 // tokens a persistent forward and a persistent whole backward in one kernel each.
 // Same math, buffers and layouts as kernels/flash_attention.cu (read its opening comment for the
 // formulas; CPU twin kernels/cpu/attention.h), so the two are interchangeable call by call (the
-// dS^T layout and the mask bits are shared).
+// mask bits are shared). One exception: the dS^T scratch between the long-row dK/dV kernel and the
+// dQ kernel here is in this pair's own query order, so those two always run together.
 //
 // Why a second file: mma.sync's operands pass through registers, so every 16-row warp tile reloads
 // its B fragments from shared memory with ldmatrix, and the attention kernels stalled at ~200
@@ -189,6 +190,18 @@ __device__ __forceinline__ void wgmma_ss_64x64x16(float (&)[32], uint64_t, uint6
 }
 #endif
 
+// d = A B^T over 64 reduction columns with both operands from shared memory: A (64 rows) and B
+// (64 rows) are K-major swizzled tiles, each row holding the 64 elements the product sums over
+// (S = Q K^T, S^T = K Q^T, dPd^T = V dO^T); a k-step of 16 moves both starts by 32 bytes.
+template <typename T>
+__device__ __forceinline__ void wgmma_ss_64x64x64_kmajor(float (&d)[32], const uint8_t* a_tile, const uint8_t* b_tile,
+                                                         bool accumulate) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk)
+    wgmma_ss_64x64x16<T, 0, 0>(d, tile_descriptor(a_tile + kk * 32), tile_descriptor(b_tile + kk * 32),
+                               accumulate || kk > 0);
+}
+
 // d = a (64 x 64 in four k-steps of registers) x B where B's k-step kk starts kk * step_bytes past
 // `tile` (32 for a K-major tile, 2048 for an MN-major one).
 template <typename T, int kTransB>
@@ -298,14 +311,15 @@ __device__ __forceinline__ void store_forward_rows(T* ctx_head, float* lse_head,
   }
 }
 
-// scale x acc into this thread's rows first_row and first_row + 8 (those below seq), columns
-// 8n + 2t, +1 of the head slice `head` (row stride ld): dQ of its queries, or dK / dV of its keys.
+// scale x acc into the rows rows[0] (the accumulator's row g) and rows[1] (row g + 8) of this
+// thread (those below seq), columns 8n + 2t, +1 of the head slice `head` (row stride ld): dQ of
+// its queries, or dK / dV of its keys.
 template <typename T>
-__device__ __forceinline__ void store_gradient_rows(T* head, int ld, int first_row, int seq, const float (&acc)[32],
-                                                    float scale, int t) {
+__device__ __forceinline__ void store_gradient_rows(T* head, int ld, const int (&rows)[2], int seq,
+                                                    const float (&acc)[32], float scale, int t) {
 #pragma unroll
   for (int x = 0; x < 2; ++x) {
-    const int i = first_row + 8 * x;
+    const int i = rows[x];
     if (i >= seq) continue;
     T* out = head + size_t(i) * ld;
 #pragma unroll
@@ -521,11 +535,7 @@ __global__ void __launch_bounds__(kGroups * kGroupThreads, kGroups == 1 ? 4 : 1)
     const uint8_t* q_tile = tile_of(b, 0, wg);
     wgmma_fence();
 #pragma unroll
-    for (int j = 0; j < kGroups; ++j)
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-        wgmma_ss_64x64x16<T, 0, 0>(s[j], tile_descriptor(q_tile + kk * 32), tile_descriptor(tile_of(b, 1, j) + kk * 32),
-                                   kk > 0);
+    for (int j = 0; j < kGroups; ++j) wgmma_ss_64x64x64_kmajor<T>(s[j], q_tile, tile_of(b, 1, j), false);
     wgmma_commit();
     wgmma_wait<0>();
 #pragma unroll
@@ -585,29 +595,40 @@ template <typename T>
 __device__ __forceinline__ void store_key_gradients(T* dk, T* dv, int ld, const WarpKeys& keys, int seq,
                                                     const float (&dk_acc)[32], const float (&dv_acc)[32], float scale,
                                                     int t) {
-  store_gradient_rows<T>(dk, ld, keys.kj[0], seq, dk_acc, scale, t);
-  store_gradient_rows<T>(dv, ld, keys.kj[0], seq, dv_acc, 1.0f, t);
+  store_gradient_rows<T>(dk, ld, keys.kj, seq, dk_acc, scale, t);
+  store_gradient_rows<T>(dv, ld, keys.kj, seq, dv_acc, 1.0f, t);
 }
 
 // ---- backward: dK, dV (and dS^T for the dQ product) -----------------------------------------------
-// One warpgroup per 64 keys j0 .. j0 + 63 (row x head); warp w owns keys j0 + 16 w .. + 15, whose K
-// and V rows stay in registers as A fragments. Query tiles of 64 (Q, dO, lse, delta, mask words)
-// stream through kStages stages. With transposed scores (keys x queries):
-//   S^T = K Q^T, dPd^T = V dO^T (B = the Q / dO tile, K-major)
+// One warpgroup per 64 keys j0 .. j0 + 63 (row x head); warp w owns keys j0 + 16 w .. + 15. K and V
+// stay in shared memory for the whole block (both operands of the score products come from shared
+// memory, which leaves registers for the pipeline: ptxas rematerialised indices at 255 with K and V
+// as register fragments). Query tiles of 64 (Q, dO, lse, delta, mask words) stream through kStages
+// stages. With transposed scores (keys x queries):
+//   S^T = K Q^T, dPd^T = V dO^T (both K-major)
 //   P^T, dS^T elementwise (the mma.sync kernel's formulas), dS^T also stored for dQ
-//   dV += Pd^T dO, dK += dS^T Q   (B = the same tiles, MN-major)
+//   dV += Pd^T dO, dK += dS^T Q   (A from registers, B = the same tiles, MN-major)
 // Order per query tile i: the elementwise work on S_i / dPd_i runs while dV/dK += ..._{i-1} is on
 // the tensor cores; then wait for it (its A registers are free), pack P_i and dS_i, publish tile
-// i + 1 (barrier), issue S_{i+1} and dPd_{i+1}, then dV/dK += ..._i, and wait for the first two only.
-// Tile i + 2 goes into the stage of tile i - 1 after the barrier of tile i + 1's publication: the
-// warpgroup has waited for dV/dK_{i-1} by then.
+// i + 1 (barrier), store dS_i^T, issue S_{i+1} and dPd_{i+1}, then dV/dK += ..._i, and wait for the
+// first two only. The dS^T stores come after the barrier: the proxy fence before it would otherwise
+// wait for them to drain, every tile. Tile i + 2 goes into the stage of tile i - 1 after the
+// barrier of tile i + 1's publication: the warpgroup has waited for dV/dK_{i-1} by then.
+//
+// dS^T is stored in this pair's own query order (the dQ kernel below reads it back the same way;
+// no other kernel reads it): inside each 16-query group, thread t of a quad holds queries 2t, 2t+1
+// and 2t+8, 2t+9 of a key row (two A-fragment words) and stores them as one 8-byte word at
+// positions 4t .. 4t + 3, so a quad fills one 32-byte sector (the row-ordered 4-byte stores filled
+// half-sectors: twice the L2 store traffic). ds_query_of_position maps a position back to its query.
+__device__ __forceinline__ int ds_query_of_position(int p) { return 2 * (p >> 2) + (p & 1) + ((p & 2) ? 8 : 0); }
+
 template <typename T>
 __global__ void __launch_bounds__(kGroupThreads, 2) flash_backward_kv_kernel(
     T* dk, T* dv, T* ds_t, const T* q, const T* k, const T* v, const T* dctx, const float* lse, const float* delta,
     const uint32_t* mask, const int32_t* lengths, int seq, int seq_pad, int C, int ld, int heads, DropoutSite site) {
 #ifdef LLMQS_WGMMA
   extern __shared__ uint8_t smem_raw[];
-  uint8_t* smem = align_1024(smem_raw);  // stage s: Q tile at 2s, dO tile at 2s + 1
+  uint8_t* smem = align_1024(smem_raw);  // stage s: Q tile at 2s, dO tile at 2s + 1; then K, V
   __shared__ __align__(16) float lse_s[kStages][kTile], delta_s[kStages][kTile];
   __shared__ __align__(16) uint2 mask_s[kStages][kTile];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid & 31, g = lane >> 2, t = lane & 3;
@@ -645,25 +666,22 @@ __global__ void __launch_bounds__(kGroupThreads, 2) flash_backward_kv_kernel(
     };
     const int tiles = (seq + kTile - 1) / kTile;
 
-    // K and V through the third stage (first streamed into by query tile 2, after barrier 1).
-    uint8_t* kv_tiles = smem + 2 * (kStages - 1) * kTileBytes;
-    load_tile<kGroupThreads>(kv_tiles, k + head_offset, j0, seq, ld, tid);
-    load_tile<kGroupThreads>(kv_tiles + kTileBytes, v + head_offset, j0, seq, ld, tid);
+    const uint8_t* k_tile = smem + 2 * kStages * kTileBytes;
+    const uint8_t* v_tile = k_tile + kTileBytes;
+    load_tile<kGroupThreads>(smem + 2 * kStages * kTileBytes, k + head_offset, j0, seq, ld, tid);
+    load_tile<kGroupThreads>(smem + (2 * kStages + 1) * kTileBytes, v + head_offset, j0, seq, ld, tid);
     copy_async_commit();
     load_queries(0);
     copy_async_wait<0>();
     fence_proxy_async();
     __syncthreads();
-    uint32_t ka[4][4], va[4][4];
-    load_a_fragments(ka, kv_tiles, warp, lane);
-    load_a_fragments(va, kv_tiles + kTileBytes, warp, lane);
     if (tiles > 1) load_queries(1);
 
     float s[32], dp[32];
     uint32_t pa[4][4], sa[4][4];
     wgmma_fence();
-    wgmma_64x64x64<T, 0>(s, ka, stage_tile(0, 0), false);
-    wgmma_64x64x64<T, 0>(dp, va, stage_tile(0, 1), false);
+    wgmma_ss_64x64x64_kmajor<T>(s, k_tile, stage_tile(0, 0), false);
+    wgmma_ss_64x64x64_kmajor<T>(dp, v_tile, stage_tile(0, 1), false);
     wgmma_commit();
     wgmma_wait<0>();
     fence_registers(s);
@@ -687,22 +705,22 @@ __global__ void __launch_bounds__(kGroupThreads, 2) flash_backward_kv_kernel(
       else
         elementwise_tile(it, std::false_type{});
     };
-    // Waits for dV/dK += ..._{it-1} (their A registers), packs Pd^T and dS^T as A fragments, and
-    // stores dS^T for the dQ kernel: keys kj[0], kj[1] x queries i0 + 16 kk + 2t (+8), +1.
+    // Waits for dV/dK += ..._{it-1} (their A registers), packs Pd^T and dS^T as A fragments.
     auto pack = [&](int it) {
       wait_for_key_products(dv_acc, dk_acc, pa, sa);
       accumulator_to_a<T>(pa, s);
       accumulator_to_a<T>(sa, dp);
-      if (ds_t) {
-        T* row0 = ds_t + (size_t(bh) * seq_pad + keys.kj[0]) * seq_pad + it * kTile + 2 * t;
-        T* row1 = row0 + 8 * size_t(seq_pad);
+    };
+    // dS^T of query tile it for the dQ kernel: key rows kj[0], kj[1], each k-step's 16 queries as
+    // one 8-byte word per thread at positions 16 kk + 4t (ds_query_of_position's order).
+    auto store_ds = [&](int it) {
+      if (!ds_t) return;
+      T* row0 = ds_t + (size_t(bh) * seq_pad + keys.kj[0]) * seq_pad + it * kTile + 4 * t;
+      T* row1 = row0 + 8 * size_t(seq_pad);
 #pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-          *reinterpret_cast<uint32_t*>(row0 + kk * 16) = sa[kk][0];
-          *reinterpret_cast<uint32_t*>(row1 + kk * 16) = sa[kk][1];
-          *reinterpret_cast<uint32_t*>(row0 + kk * 16 + 8) = sa[kk][2];
-          *reinterpret_cast<uint32_t*>(row1 + kk * 16 + 8) = sa[kk][3];
-        }
+      for (int kk = 0; kk < 4; ++kk) {
+        *reinterpret_cast<uint2*>(row0 + kk * 16) = make_uint2(sa[kk][0], sa[kk][2]);
+        *reinterpret_cast<uint2*>(row1 + kk * 16) = make_uint2(sa[kk][1], sa[kk][3]);
       }
     };
     auto accumulate_dv_dk = [&](int it) {
@@ -721,9 +739,10 @@ __global__ void __launch_bounds__(kGroupThreads, 2) flash_backward_kv_kernel(
       fence_proxy_async();
       __syncthreads();
       if (it + 2 < tiles) load_queries(it + 2);
+      store_ds(it);
       wgmma_fence();
-      wgmma_64x64x64<T, 0>(s, ka, stage_tile(it + 1, 0), false);
-      wgmma_64x64x64<T, 0>(dp, va, stage_tile(it + 1, 1), false);
+      wgmma_ss_64x64x64_kmajor<T>(s, k_tile, stage_tile(it + 1, 0), false);
+      wgmma_ss_64x64x64_kmajor<T>(dp, v_tile, stage_tile(it + 1, 1), false);
       wgmma_commit();
       accumulate_dv_dk(it);
       wgmma_wait<1>();  // S^T and dPd^T of tile it + 1; dV/dK may still run
@@ -732,6 +751,7 @@ __global__ void __launch_bounds__(kGroupThreads, 2) flash_backward_kv_kernel(
     }
     elementwise(tiles - 1);
     pack(tiles - 1);
+    store_ds(tiles - 1);
     accumulate_dv_dk(tiles - 1);
     wait_for_key_products(dv_acc, dk_acc, pa, sa);
   }
@@ -740,8 +760,9 @@ __global__ void __launch_bounds__(kGroupThreads, 2) flash_backward_kv_kernel(
 }
 
 // ---- backward: dQ from the stored dS^T ------------------------------------------------------------
-// dQ_i = c sum_j dS_ij k_j over the dS^T blocks the dK/dV kernel stored ([rows x heads] blocks of
-// seq_pad x seq_pad, key-major, as flash_attention.cu's mma.sync dQ kernel reads them). A plain
+// dQ_i = c sum_j dS_ij k_j over the dS^T blocks the dK/dV kernel above stored ([rows x heads] blocks
+// of seq_pad x seq_pad, key-major, queries in ds_query_of_position's order in each group of 16;
+// flash_attention.cu pairs this kernel only with that one). A plain
 // product that moves 403 MB of dS^T per bert-base layer at 64 x 512, so what counts is keeping
 // enough copies in flight: one block of two warpgroups per 128 queries streams the key tiles below
 // the length through kDqStages stages (the K tile shared, each warpgroup's 64 x 64 dS^T block
@@ -798,7 +819,10 @@ __global__ void __launch_bounds__(2 * kGroupThreads, 2) flash_dq_from_ds_kernel(
     fence_registers(dq_acc);
   }
   copy_async_wait<0>();
-  if (queries) store_gradient_rows<T>(dq + head_offset, ld, i0 + warp * 16 + g, seq, dq_acc, scale, t);
+  // The accumulator's rows are dS^T positions (flash_backward_kv_kernel's order): row g of the warp
+  // holds query ds_query_of_position(g), row g + 8 query ds_query_of_position(g + 8).
+  const int rows[2] = {i0 + warp * 16 + ds_query_of_position(g), i0 + warp * 16 + ds_query_of_position(g + 8)};
+  if (queries) store_gradient_rows<T>(dq + head_offset, ld, rows, seq, dq_acc, scale, t);
 #endif
 }
 
@@ -916,12 +940,8 @@ __global__ void __launch_bounds__(kGroups * kGroupThreads, 1) flash_backward_sho
       const uint8_t* q_tile = tile_of(b, 2, it);
       const uint8_t* do_tile = tile_of(b, 3, it);
       wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-        wgmma_ss_64x64x16<T, 0, 0>(s, tile_descriptor(k_tile + kk * 32), tile_descriptor(q_tile + kk * 32), kk > 0);
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-        wgmma_ss_64x64x16<T, 0, 0>(dp, tile_descriptor(v_tile + kk * 32), tile_descriptor(do_tile + kk * 32), kk > 0);
+      wgmma_ss_64x64x64_kmajor<T>(s, k_tile, q_tile, false);
+      wgmma_ss_64x64x64_kmajor<T>(dp, v_tile, do_tile, false);
       wgmma_commit();
       wgmma_wait<0>();  // also dV/dK += ..._{it-1}: its A registers are free below
       fence_registers(s);
@@ -983,14 +1003,15 @@ __global__ void __launch_bounds__(kGroups * kGroupThreads, 1) flash_backward_sho
       wgmma_commit();
       wgmma_wait<0>();
       fence_registers(dq_acc);
-      store_gradient_rows<T>(dq + head_offset, ld, wg * kTile + warp * 16 + g, seq, dq_acc, scale, t);
+      const int rows[2] = {wg * kTile + warp * 16 + g, wg * kTile + warp * 16 + g + 8};
+      store_gradient_rows<T>(dq + head_offset, ld, rows, seq, dq_acc, scale, t);
     }
   }
 #endif
 }
 
 constexpr int kForwardSmemBytes = 2 * kStages * kTileBytes + 1024;   // + alignment slack
-constexpr int kBackwardSmemBytes = 2 * kStages * kTileBytes + 1024;
+constexpr int kBackwardSmemBytes = (2 * kStages + 2) * kTileBytes + 1024;  // + K, V
 constexpr int kDqSmemBytes = kDqStages * kDqStageBytes + 1024;
 template <int kGroups>
 constexpr int kShortForwardSmemBytes = 2 * 3 * kGroups * kTileBytes + 1024;

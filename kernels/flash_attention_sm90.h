@@ -1,7 +1,8 @@
 // The Hopper (sm_90a) kernels of the fused attention, called by kernels/flash_attention.cu when the
 // binary runs sm_90a code and head_dim is 64 (flash_attention_uses_wgmma in cuda_kernels.h says
 // which path a call takes). Same function, same buffers and layouts as the mma.sync kernels:
-// the dropout bitmask, lse [rows x heads x seq] fp32 and dS^T for the dQ product.
+// the dropout bitmask and lse [rows x heads x seq] fp32. The dS^T scratch (same size) is in an
+// order of its own: flash_dq_from_ds reads only what this file's flash_backward_kv stored.
 #pragma once
 #include <cuda_runtime.h>
 
