@@ -1,6 +1,7 @@
-// Counter-based random numbers for dropout: Philox4x32-10 (Salmon et al., SC'11, "Parallel
-// random numbers: as easy as 1, 2, 3"), usable from host C++ and CUDA device code, so that the
-// CPU reference and the CUDA kernels draw bit-identical dropout masks with no stored state.
+// Counter-based random numbers for dropout: Philox4x32-7 (Salmon et al., SC'11, "Parallel random
+// numbers: as easy as 1, 2, 3"; -10 for parameter initialisation, core/parameters.cpp), usable from
+// host C++ and CUDA device code, so that the CPU reference and the CUDA kernels draw bit-identical
+// dropout masks with no stored state.
 //
 // One Philox call maps (key, 128-bit counter) to four 32-bit words. Dropout layout:
 //   key      k0 = low 32 bits of seed, k1 = high 32 bits of seed
@@ -43,12 +44,14 @@ LLMQS_HOST_DEVICE uint32_t philox_mulhi(uint32_t a, uint32_t b) {
   return static_cast<uint32_t>((static_cast<uint64_t>(a) * b) >> 32);
 }
 
-// Philox4x32 with 10 rounds; matches the Random123 known-answer vectors (tests/kernels_cpu_test.cpp).
-LLMQS_HOST_DEVICE Philox4x32 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
-                                           uint32_t k0, uint32_t k1) {
+// Philox4x32 with kRounds rounds; 10 and 7 match the Random123 known-answer vectors
+// (tests/kernels_cpu_test.cpp).
+template <int kRounds>
+LLMQS_HOST_DEVICE Philox4x32 philox4x32_rounds(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0,
+                                               uint32_t k1) {
   constexpr uint32_t kMul0 = 0xD2511F53u, kMul1 = 0xCD9E8D57u;
   constexpr uint32_t kWeyl0 = 0x9E3779B9u, kWeyl1 = 0xBB67AE85u;
-  for (int round = 0; round < 10; ++round) {
+  for (int round = 0; round < kRounds; ++round) {
     const uint32_t hi0 = philox_mulhi(kMul0, c0), lo0 = kMul0 * c0;
     const uint32_t hi1 = philox_mulhi(kMul1, c2), lo1 = kMul1 * c2;
     const uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
@@ -60,6 +63,17 @@ LLMQS_HOST_DEVICE Philox4x32 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2
     k1 += kWeyl1;
   }
   return Philox4x32{{c0, c1, c2, c3}};
+}
+LLMQS_HOST_DEVICE Philox4x32 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0,
+                                           uint32_t k1) {
+  return philox4x32_rounds<10>(c0, c1, c2, c3, k0, k1);
+}
+// 7 rounds: the fewest that Salmon et al. found to pass TestU01's BigCrush with the 4x32 variant
+// (10 is Random123's default, with a safety margin); FlashAttention draws its attention dropout
+// with 7 as well. Every dropout site uses it (dropout_words below).
+LLMQS_HOST_DEVICE Philox4x32 philox4x32_7(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0,
+                                          uint32_t k1) {
+  return philox4x32_rounds<7>(c0, c1, c2, c3, k0, k1);
 }
 
 // Everything that selects one dropout mask; p = 0 keeps every element (dropout off).
@@ -92,9 +106,12 @@ LLMQS_HOST_DEVICE float uniform_from_word(uint32_t word) {
   return static_cast<float>(word >> 8) * (1.0f / 16777216.0f);
 }
 
-// The four uniforms of elements 4 * group .. 4 * group + 3.
+// The four words of call `group` of a site: the uniforms of elements 4 * group .. + 3 (the
+// attention sites: the 16-bit uniforms of elements 8 * group .. + 7). Philox4x32-7: a bert-base
+// step at 64 x 512 draws about 3 G numbers (2.4 G of them attention probabilities), and 7 rounds
+// cut that work by 30% (docs/performance.md section 12).
 LLMQS_HOST_DEVICE Philox4x32 dropout_words(const DropoutSite& site, uint64_t group) {
-  return philox4x32_10(static_cast<uint32_t>(group), site.tensor_id, static_cast<uint32_t>(site.step),
+  return philox4x32_7(static_cast<uint32_t>(group), site.tensor_id, static_cast<uint32_t>(site.step),
                        ((site.rank & 0xFFFFu) << 16) | (site.micro_step & 0xFFFFu),
                        static_cast<uint32_t>(site.seed), static_cast<uint32_t>(site.seed >> 32));
 }
@@ -107,12 +124,12 @@ LLMQS_HOST_DEVICE bool dropout_keep(const DropoutSite& site, uint64_t element) {
   return site.p <= 0.0f || dropout_uniform(site, element) >= site.p;
 }
 
-// Attention-probability sites use 16-bit uniforms, eight per call, because they draw rows x heads x
-// seq^2 elements per layer (about 200 M at 64 x 512; the mask kernel's Philox work competes with the
-// matmuls it overlaps): element e uses half e & 1 (low half first) of word (e >> 1) & 3 of the call
-// with c0 = low 32 bits of e >> 3 (2^35 elements per tensor), and is kept when that 16-bit value is
-// >= attention_dropout_threshold(p) = p * 65536 rounded to nearest: p is quantised to 2^-16 (0.1 ->
-// 6554 / 65536 = 0.100006); the kept values are still scaled by 1 / (1 - p). Every backend calls this.
+// Attention-probability sites use 16-bit uniforms, eight per call, because
+// they draw rows x heads x seq^2 elements per layer (about 200 M at 64 x 512; the mask kernel's Philox
+// work competes with the matmuls it overlaps): element e uses half e & 1 (low half first) of word
+// (e >> 1) & 3 of the call with c0 = low 32 bits of e >> 3 (2^35 elements per tensor), and is kept
+// when that 16-bit value is >= attention_dropout_threshold(p) = p * 65536 rounded to nearest: p is
+// quantised to 2^-16 (0.1 -> 6554 / 65536 = 0.100006); the kept values are still scaled by 1 / (1 - p). Every backend calls this.
 LLMQS_HOST_DEVICE uint32_t attention_dropout_threshold(float p) {
   return static_cast<uint32_t>(static_cast<double>(p) * 65536.0 + 0.5);
 }

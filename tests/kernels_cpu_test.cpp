@@ -90,6 +90,25 @@ TEST(Philox, MatchesRandom123KnownAnswers) {
   EXPECT_EQ(r.v[3], 0x24126ea1u);
 }
 
+// The dropout sites' 7-round variant, against Random123's kat_vectors for philox4x32 7.
+TEST(Philox, SevenRoundsMatchRandom123KnownAnswers) {
+  auto r = llmqs::kernels::philox4x32_7(0, 0, 0, 0, 0, 0);
+  EXPECT_EQ(r.v[0], 0x5f6fb709u);
+  EXPECT_EQ(r.v[1], 0x0d893f64u);
+  EXPECT_EQ(r.v[2], 0x4f121f81u);
+  EXPECT_EQ(r.v[3], 0x4f730a48u);
+  r = llmqs::kernels::philox4x32_7(0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu);
+  EXPECT_EQ(r.v[0], 0x5207ddc2u);
+  EXPECT_EQ(r.v[1], 0x45165e59u);
+  EXPECT_EQ(r.v[2], 0x4d8ee751u);
+  EXPECT_EQ(r.v[3], 0x8c52f662u);
+  r = llmqs::kernels::philox4x32_7(0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u, 0xa4093822u, 0x299f31d0u);
+  EXPECT_EQ(r.v[0], 0x4dfccabau);
+  EXPECT_EQ(r.v[1], 0x190a87f0u);
+  EXPECT_EQ(r.v[2], 0xc47362bau);
+  EXPECT_EQ(r.v[3], 0xb6b5242au);
+}
+
 namespace {
 // A site with every counter field set to a distinct value (the layout tests below check each one).
 DropoutSite layout_site(uint32_t tensor_id) {
@@ -107,7 +126,7 @@ DropoutSite layout_site(uint32_t tensor_id) {
 TEST(Philox, DropoutCounterLayoutIsAsDocumented) {
   const DropoutSite site = layout_site(17);
   const uint64_t element = 4 * 1000 + 2;
-  const auto words = llmqs::kernels::philox4x32_10(1000, 17, 77, (3u << 16) | 5u, 0x89abcdefu, 0x01234567u);
+  const auto words = llmqs::kernels::philox4x32_7(1000, 17, 77, (3u << 16) | 5u, 0x89abcdefu, 0x01234567u);
   EXPECT_EQ(llmqs::kernels::dropout_uniform(site, element), static_cast<float>(words.v[2] >> 8) / 16777216.0f);
 }
 
@@ -117,7 +136,7 @@ TEST(Philox, AttentionDropoutUsesSixteenBitHalvesEightPerCall) {
   DropoutSite site = layout_site(8);
   EXPECT_EQ(llmqs::kernels::attention_dropout_threshold(0.1f), 6554u);
   EXPECT_EQ(llmqs::kernels::attention_dropout_threshold(1.0f), 65536u);  // nothing kept
-  const auto words = llmqs::kernels::philox4x32_10(1000, 8, 77, (3u << 16) | 5u, 0x89abcdefu, 0x01234567u);
+  const auto words = llmqs::kernels::philox4x32_7(1000, 8, 77, (3u << 16) | 5u, 0x89abcdefu, 0x01234567u);
   for (int k = 0; k < 4; ++k)
     for (int h = 0; h < 2; ++h) {
       const uint32_t half = h ? words.v[k] >> 16 : words.v[k] & 0xFFFFu;
