@@ -52,7 +52,7 @@ void permute(void* dst, const void* src, int rows, int seq, int heads, int d, in
 }
 
 __device__ __forceinline__ float keep_factor(const DropoutSite& site, size_t element, float keep_scale) {
-  return site.p <= 0.0f ? 1.0f : (attention_dropout_keep(site, element) ? keep_scale : 0.0f);
+  return site.p <= 0.0f ? 1.0f : (dropout_keep(site, element) ? keep_scale : 0.0f);
 }
 
 // One warp per query row (bh, i) of the scores: masked softmax into probs, dropout into dropped.

@@ -109,18 +109,43 @@ __device__ __forceinline__ DropoutSite resolve_site(DropoutSite site) {
   return site;
 }
 
-// Inverted dropout of kN consecutive elements first .. first + kN - 1 of a site's tensor, with
-// first % 4 == 0 and kN % 4 == 0: one Philox call per four elements, word j of the call for
-// element first + 4 g + j -- exactly dropout_keep's choice (philox.h), so masks match the CPU's.
+// The keep decisions (bit k: element first + k) of kN consecutive elements of a site's tensor,
+// first % 4 == 0, kN % 4 == 0, kN <= 32 -- exactly dropout_keep's (philox.h), so masks match the
+// CPU's. One Philox call per eight elements; a four-element pack (fp32) takes half of its call.
+template <int kN>
+__device__ __forceinline__ uint32_t dropout_keep_bits(const DropoutSite& site, int64_t first) {
+  static_assert(kN % 4 == 0 && kN <= 32, "dropout_keep_bits: whole quads, one 32-bit word");
+  const uint32_t threshold = dropout_threshold(site.p);
+  uint32_t bits = 0;
+  if (kN % 8 == 0 && (first & 7) == 0) {
+#pragma unroll
+    for (int g = 0; g < kN / 8; ++g) {
+      const Philox4x32 w = dropout_words(site, static_cast<uint64_t>(first >> 3) + g);
+#pragma unroll
+      for (int c = 0; c < 8; ++c) bits |= uint32_t(dropout_keep_from_word(w.v[c >> 1], c & 1, threshold)) << (8 * g + c);
+    }
+  } else {
+#pragma unroll
+    for (int q = 0; q < kN / 4; ++q) {
+      const int64_t e = first + 4 * q;
+      const Philox4x32 w = dropout_words(site, static_cast<uint64_t>(e >> 3));
+      const bool upper = (e & 4) != 0;  // elements 4..7 of the call: words 2 and 3
+      const uint32_t lo = upper ? w.v[2] : w.v[0], hi = upper ? w.v[3] : w.v[1];
+#pragma unroll
+      for (int c = 0; c < 4; ++c)
+        bits |= uint32_t(dropout_keep_from_word(c < 2 ? lo : hi, c & 1, threshold)) << (4 * q + c);
+    }
+  }
+  return bits;
+}
+
+// Inverted dropout of kN consecutive elements first .. first + kN - 1 (dropout_keep_bits' terms).
 template <int kN>
 __device__ __forceinline__ void dropout_pack(const DropoutSite& site, int64_t first, float (&x)[kN], float scale) {
   if (site.p <= 0.0f) return;
+  const uint32_t keep = dropout_keep_bits<kN>(site, first);
 #pragma unroll
-  for (int g = 0; g < kN / 4; ++g) {
-    const Philox4x32 words = dropout_words(site, static_cast<uint64_t>(first >> 2) + g);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) x[4 * g + j] = uniform_from_word(words.v[j]) >= site.p ? x[4 * g + j] * scale : 0.0f;
-  }
+  for (int k = 0; k < kN; ++k) x[k] = (keep >> k) & 1u ? x[k] * scale : 0.0f;
 }
 
 }  // namespace llmqs::kernels::cuda

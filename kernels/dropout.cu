@@ -1,8 +1,8 @@
 // Inverted dropout, CUDA twin of kernels/cpu/dropout.h, masks from kernels/philox.h:
 //   forward   out[e]  = keep(site, e) ? inp[e] / (1 - p) : 0
 //   backward  dinp[e] = keep(site, e) ? dout[e] / (1 - p) : 0      (the same map)
-// One thread per group of four elements: Philox gives four words per call, word e % 4 belongs
-// to element e, so a thread draws once for its four elements. In place is allowed.
+// One thread per group of eight elements: Philox gives eight 16-bit uniforms per call, in
+// dropout_keep's order (philox.h), so a thread draws once for its eight elements. In place is allowed.
 // (The model fuses most dropout sites into LayerNorm and attention; this standalone form serves
 // the pooled-output site and the tests.)
 #include "kernels/cuda_common.cuh"
@@ -16,12 +16,13 @@ template <typename T>
 __global__ void dropout_kernel(T* out, const T* inp, size_t n, DropoutSite site) {
   site = resolve_site(site);  // the live key under CUDA graphs
   const size_t group = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const size_t first = group * 4;
+  const size_t first = group * 8;
   if (first >= n) return;
   const float scale = 1.0f / (1.0f - site.p);
+  const uint32_t threshold = dropout_threshold(site.p);
   const Philox4x32 words = dropout_words(site, group);
-  for (int j = 0; j < 4 && first + j < n; ++j) {
-    const bool keep = site.p <= 0.0f || uniform_from_word(words.v[j]) >= site.p;
+  for (int j = 0; j < 8 && first + j < n; ++j) {
+    const bool keep = dropout_keep_from_word(words.v[j >> 1], j & 1, threshold);
     out[first + j] = from_float<T>(keep ? to_float(inp[first + j]) * scale : 0.0f);
   }
 }
@@ -33,7 +34,7 @@ void launch(void* out, const void* inp, DType type, size_t n, const DropoutSite&
     return;
   }
   LLMQS_DISPATCH_DTYPE(type, {
-    dropout_kernel<scalar_t><<<ceil_div((n + 3) / 4, 256), 256, 0, stream>>>(
+    dropout_kernel<scalar_t><<<ceil_div((n + 7) / 8, 256), 256, 0, stream>>>(
         static_cast<scalar_t*>(out), static_cast<const scalar_t*>(inp), n, site);
   });
   CUDA_CHECK_LAUNCH("dropout_kernel");

@@ -4,7 +4,7 @@
 //
 // For row r (length L_r), head h, query i, key j (d = head_dim, c = 1/sqrt(d)):
 //   S_ij = c q_i.k_j;  P_ij = softmax_j(S_ij) over j < L_r;  keep_ij = Philox(site, element e_ij)
-//   e_ij = ((r * heads + h) * seq + i) * seq + j  (the CPU's indexing and attention_dropout_keep:
+//   e_ij = ((r * heads + h) * seq + i) * seq + j  (the CPU's indexing and dropout_keep:
 //   identical masks)
 //   O_i = sum_j P_ij keep_ij / (1 - p) v_j
 // Nothing of size seq x seq is stored except the dropout mask as bits (1/16 of bf16 probabilities):
@@ -185,7 +185,7 @@ __device__ __forceinline__ void store_dq_rows(T* dq, int ld, int first_row, int 
 }
 
 // One thread per 32-key word: word w of query row `row` (= bh * seq + i) holds keep(i, 32 w + b) in
-// bit b, zeros for keys at or past seq (attention_dropout_keep in philox.h: 16-bit uniforms, eight
+// bit b, zeros for keys at or past seq (dropout_keep in philox.h: 16-bit uniforms, eight
 // per Philox call). With seq % 8 == 0 each group of eight keys from a multiple of 8 is one call (4
 // per word, the fewest the layout allows); otherwise one call per key.
 __global__ void attention_dropout_mask_kernel(uint32_t* mask, size_t query_rows, int seq, int words, DropoutSite site) {
@@ -198,7 +198,7 @@ __global__ void attention_dropout_mask_kernel(uint32_t* mask, size_t query_rows,
   if (j0 < seq) {
     const uint64_t e0 = uint64_t(row) * seq + j0;
     const int keys = min(32, seq - j0);
-    const uint32_t threshold = attention_dropout_threshold(site.p);
+    const uint32_t threshold = dropout_threshold(site.p);
     if ((seq & 7) == 0) {
 #pragma unroll
       for (int group = 0; group < 4; ++group) {
@@ -206,10 +206,10 @@ __global__ void attention_dropout_mask_kernel(uint32_t* mask, size_t query_rows,
         const Philox4x32 w = dropout_words(site, (e0 >> 3) + group);
 #pragma unroll
         for (int c = 0; c < 8; ++c)
-          bits |= uint32_t(attention_keep_from_word(w.v[c >> 1], c & 1, threshold)) << (8 * group + c);
+          bits |= uint32_t(dropout_keep_from_word(w.v[c >> 1], c & 1, threshold)) << (8 * group + c);
       }
     } else {
-      for (int b = 0; b < keys; ++b) bits |= uint32_t(attention_dropout_keep(site, e0 + b)) << b;
+      for (int b = 0; b < keys; ++b) bits |= uint32_t(dropout_keep(site, e0 + b)) << b;
     }
   }
   mask[index] = bits;

@@ -168,22 +168,16 @@ struct LayerNormParamGrad {
 
 // ---- packed variant ------------------------------------------------------------------------------
 
-// dropout_pack's draw (same Philox words, same comparison, same product) that also sets bit
-// `bit + k` of `bits` for each kept element k, so the second pass over a row can re-apply the mask
-// from one register instead of a second Philox call or 24 fp32 registers of the dropped values.
+// dropout_pack's draw (same keep decisions, same product) that also sets bit `bit + k` of `bits`
+// for each kept element k, so the second pass over a row can re-apply the mask from one register
+// instead of a second Philox call or 24 fp32 registers of the dropped values.
 template <int kN>
 __device__ __forceinline__ void dropout_pack_bits(const DropoutSite& site, int64_t first, float (&x)[kN], float scale,
                                                   uint32_t& bits, int bit) {
+  const uint32_t keep = dropout_keep_bits<kN>(site, first);
 #pragma unroll
-  for (int g = 0; g < kN / 4; ++g) {
-    const Philox4x32 words = dropout_words(site, static_cast<uint64_t>(first >> 2) + g);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const bool keep = uniform_from_word(words.v[j]) >= site.p;
-      x[4 * g + j] = keep ? x[4 * g + j] * scale : 0.0f;
-      bits |= static_cast<uint32_t>(keep) << (bit + 4 * g + j);
-    }
-  }
+  for (int k = 0; k < kN; ++k) x[k] = (keep >> k) & 1u ? x[k] * scale : 0.0f;
+  bits |= keep << bit;
 }
 
 template <typename T, int kChunks>

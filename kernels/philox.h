@@ -3,24 +3,24 @@
 // host C++ and CUDA device code, so that the CPU reference and the CUDA kernels draw bit-identical
 // dropout masks with no stored state.
 //
-// One Philox call maps (key, 128-bit counter) to four 32-bit words. Dropout layout:
+// One Philox call maps (key, 128-bit counter) to four 32-bit words, eight 16-bit uniforms. Layout:
 //   key      k0 = low 32 bits of seed, k1 = high 32 bits of seed
-//   counter  c0 = low 32 bits of (element >> 2)        element = flat index inside the tensor
+//   counter  c0 = low 32 bits of (element >> 3)        element = flat index inside the tensor
 //            c1 = tensor_id                             the dropout site, see bert_dropout_tensor_id
 //            c2 = low 32 bits of step                   optimizer step (0-based)
 //            c3 = (rank & 0xFFFF) << 16 | (micro_step & 0xFFFF)
-//   word     element & 3 of the four outputs
-//   uniform  (word >> 8) * 2^-24, a float in [0, 1) that is exact in float and double
-//   keep     uniform >= p; kept values are multiplied by 1 / (1 - p) (computed in the scalar type)
-// So element e of a tensor uses output word e % 4 of the call with c0 = e / 4: a CUDA thread
-// that owns four consecutive elements needs a single Philox call. Limits: 2^34 elements per
-// tensor, 2^32 steps, 65536 ranks and micro-steps (wrap-around repeats masks, nothing worse).
+//   half     element & 1 (low half first) of word (element >> 1) & 3 of the four outputs
+//   keep     half >= dropout_threshold(p) = p * 65536 rounded to nearest, so p is quantised to
+//            2^-16 (0.1 -> 6554 / 65536 = 0.100006); kept values are multiplied by 1 / (1 - p)
+//            (computed in the scalar type)
+// So a CUDA thread that owns eight consecutive elements (one 16-byte pack of bf16) needs a single
+// Philox call. Limits: 2^35 elements per tensor, 2^32 steps, 65536 ranks and micro-steps
+// (wrap-around repeats masks, nothing worse).
 //
 // BERT dropout sites (tensor ids, shared by every backend):
 //   0                      embeddings output (after the embeddings LayerNorm)
 //   1                      pooled output, before the classifier
-//   8 * (layer + 1) + 0    attention probabilities, element ((row * heads + head) * seq + query) * seq + key,
-//                          drawn as 16-bit uniforms, 8 per call (attention_dropout_keep below)
+//   8 * (layer + 1) + 0    attention probabilities, element ((row * heads + head) * seq + query) * seq + key
 //   8 * (layer + 1) + 1    attention output dense, before the residual add; element token * hidden + channel
 //   8 * (layer + 1) + 2    feed-forward output dense, before the residual add; same indexing
 // Hidden-state sites index [rows x seq_len x hidden] row-major (token = row * seq_len + position);
@@ -102,45 +102,29 @@ inline void dropout_key_words(const DropoutSite& site, uint32_t (&words)[kDropou
   words[5] = site.micro_step;
 }
 
-LLMQS_HOST_DEVICE float uniform_from_word(uint32_t word) {
-  return static_cast<float>(word >> 8) * (1.0f / 16777216.0f);
-}
-
-// The four words of call `group` of a site: the uniforms of elements 4 * group .. + 3 (the
-// attention sites: the 16-bit uniforms of elements 8 * group .. + 7). Philox4x32-7: a bert-base
-// step at 64 x 512 draws about 3 G numbers (2.4 G of them attention probabilities), and 7 rounds
-// cut that work by 30% (docs/performance.md section 12).
+// The four words of call `group` of a site: the 16-bit uniforms of elements 8 * group .. + 7.
+// Philox4x32-7, eight uniforms per call: a bert-base step at 64 x 512 draws about 3 G numbers
+// (2.4 G of them attention probabilities), so the draw's ALU work shows up next to the matmuls and
+// memory-bound passes it runs beside (docs/performance.md sections 11 and 12).
 LLMQS_HOST_DEVICE Philox4x32 dropout_words(const DropoutSite& site, uint64_t group) {
   return philox4x32_7(static_cast<uint32_t>(group), site.tensor_id, static_cast<uint32_t>(site.step),
                        ((site.rank & 0xFFFFu) << 16) | (site.micro_step & 0xFFFFu),
                        static_cast<uint32_t>(site.seed), static_cast<uint32_t>(site.seed >> 32));
 }
 
-LLMQS_HOST_DEVICE float dropout_uniform(const DropoutSite& site, uint64_t element) {
-  return uniform_from_word(dropout_words(site, element >> 2).v[element & 3]);
-}
-
-LLMQS_HOST_DEVICE bool dropout_keep(const DropoutSite& site, uint64_t element) {
-  return site.p <= 0.0f || dropout_uniform(site, element) >= site.p;
-}
-
-// Attention-probability sites use 16-bit uniforms, eight per call, because
-// they draw rows x heads x seq^2 elements per layer (about 200 M at 64 x 512; the mask kernel's Philox
-// work competes with the matmuls it overlaps): element e uses half e & 1 (low half first) of word
-// (e >> 1) & 3 of the call with c0 = low 32 bits of e >> 3 (2^35 elements per tensor), and is kept
-// when that 16-bit value is >= attention_dropout_threshold(p) = p * 65536 rounded to nearest: p is
-// quantised to 2^-16 (0.1 -> 6554 / 65536 = 0.100006); the kept values are still scaled by 1 / (1 - p). Every backend calls this.
-LLMQS_HOST_DEVICE uint32_t attention_dropout_threshold(float p) {
+LLMQS_HOST_DEVICE uint32_t dropout_threshold(float p) {
   return static_cast<uint32_t>(static_cast<double>(p) * 65536.0 + 0.5);
 }
-LLMQS_HOST_DEVICE bool attention_keep_from_word(uint32_t word, int half, uint32_t threshold) {
+// The keep decision of the element that uses half `half` of `word`.
+LLMQS_HOST_DEVICE bool dropout_keep_from_word(uint32_t word, int half, uint32_t threshold) {
   return ((half ? word >> 16 : word & 0xFFFFu)) >= threshold;
 }
-LLMQS_HOST_DEVICE bool attention_dropout_keep(const DropoutSite& site, uint64_t element) {
+// Every backend's mask: element `element` of the site's tensor is kept.
+LLMQS_HOST_DEVICE bool dropout_keep(const DropoutSite& site, uint64_t element) {
   if (site.p <= 0.0f) return true;
   const Philox4x32 words = dropout_words(site, element >> 3);
-  return attention_keep_from_word(words.v[(element >> 1) & 3], static_cast<int>(element & 1),
-                                  attention_dropout_threshold(site.p));
+  return dropout_keep_from_word(words.v[(element >> 1) & 3], static_cast<int>(element & 1),
+                                dropout_threshold(site.p));
 }
 
 constexpr uint32_t kEmbeddingDropoutId = 0;

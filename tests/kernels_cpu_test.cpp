@@ -123,31 +123,34 @@ DropoutSite layout_site(uint32_t tensor_id) {
 }
 }  // namespace
 
+// Every site's counter: c0 = element >> 3, c1 = tensor id, c2 = step, c3 = rank << 16 | micro-step,
+// key = the seed's halves (here a hidden-state site: the same layout as the attention sites').
 TEST(Philox, DropoutCounterLayoutIsAsDocumented) {
   const DropoutSite site = layout_site(17);
-  const uint64_t element = 4 * 1000 + 2;
   const auto words = llmqs::kernels::philox4x32_7(1000, 17, 77, (3u << 16) | 5u, 0x89abcdefu, 0x01234567u);
-  EXPECT_EQ(llmqs::kernels::dropout_uniform(site, element), static_cast<float>(words.v[2] >> 8) / 16777216.0f);
+  EXPECT_EQ(llmqs::kernels::dropout_keep(site, 8 * 1000 + 5), (words.v[2] >> 16) >= 6554u);
+  const auto neighbours = llmqs::kernels::philox4x32_7(1001, 17, 77, (3u << 16) | 5u, 0x89abcdefu, 0x01234567u);
+  EXPECT_EQ(llmqs::kernels::dropout_keep(site, 8 * 1001), (neighbours.v[0] & 0xFFFFu) >= 6554u);
 }
 
-// Attention sites: element 8 g + 2 k + h is half h (low first) of word k of the call with c0 = g,
-// kept when that 16-bit value >= round(p * 65536); the kept share matches 1 - p.
-TEST(Philox, AttentionDropoutUsesSixteenBitHalvesEightPerCall) {
+// Element 8 g + 2 k + h is half h (low first) of word k of the call with c0 = g, kept when that
+// 16-bit value >= round(p * 65536); the kept share matches 1 - p.
+TEST(Philox, DropoutUsesSixteenBitHalvesEightPerCall) {
   DropoutSite site = layout_site(8);
-  EXPECT_EQ(llmqs::kernels::attention_dropout_threshold(0.1f), 6554u);
-  EXPECT_EQ(llmqs::kernels::attention_dropout_threshold(1.0f), 65536u);  // nothing kept
+  EXPECT_EQ(llmqs::kernels::dropout_threshold(0.1f), 6554u);
+  EXPECT_EQ(llmqs::kernels::dropout_threshold(1.0f), 65536u);  // nothing kept
   const auto words = llmqs::kernels::philox4x32_7(1000, 8, 77, (3u << 16) | 5u, 0x89abcdefu, 0x01234567u);
   for (int k = 0; k < 4; ++k)
     for (int h = 0; h < 2; ++h) {
       const uint32_t half = h ? words.v[k] >> 16 : words.v[k] & 0xFFFFu;
-      EXPECT_EQ(llmqs::kernels::attention_dropout_keep(site, 8 * 1000 + 2 * k + h), half >= 6554u) << k << " " << h;
+      EXPECT_EQ(llmqs::kernels::dropout_keep(site, 8 * 1000 + 2 * k + h), half >= 6554u) << k << " " << h;
     }
   size_t kept = 0;
   const size_t n = 1 << 20;
-  for (size_t e = 0; e < n; ++e) kept += llmqs::kernels::attention_dropout_keep(site, e);
+  for (size_t e = 0; e < n; ++e) kept += llmqs::kernels::dropout_keep(site, e);
   EXPECT_NEAR(static_cast<double>(kept) / n, 0.9, 0.002);
   site.p = 0.0f;
-  EXPECT_TRUE(llmqs::kernels::attention_dropout_keep(site, 12345));
+  EXPECT_TRUE(llmqs::kernels::dropout_keep(site, 12345));
 }
 
 TEST(Dropout, MaskStatisticsScaleAndBackward) {

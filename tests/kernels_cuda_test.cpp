@@ -667,7 +667,7 @@ TEST_P(CudaKernels, FlashAttentionWithPaddingAndDropoutMatchesCpu) {
               for (int j = 0; j < s.seq; ++j) {
                 const size_t row = (size_t(r) * s.heads + h) * s.seq + i;
                 const bool got = (bits[row * words_per_row + j / 32] >> (j % 32)) & 1u;
-                wrong += got != llmqs::kernels::attention_dropout_keep(site, row * s.seq + j);
+                wrong += got != llmqs::kernels::dropout_keep(site, row * s.seq + j);
               }
         EXPECT_EQ(wrong, 0u) << "flash dropout mask " << what;
       }

@@ -17,7 +17,7 @@ namespace {
 
 template <typename T>
 T keep_factor(const DropoutSite& dropout, size_t element, T keep_scale) {
-  return attention_dropout_keep(dropout, element) ? keep_scale : T(0);
+  return dropout_keep(dropout, element) ? keep_scale : T(0);
 }
 
 }  // namespace

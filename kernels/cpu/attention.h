@@ -6,7 +6,7 @@
 //   probs[i, j]  = softmax_j(scores[i, j]) over keys j < L_r; exactly 0 for j >= L_r
 //                  (HF adds the most negative float to padded keys: exp underflows to 0)
 //   dropped      = probs * keep(site, ((r*heads + h)*seq + i)*seq + j) / (1 - p)
-//                  (keep = attention_dropout_keep in philox.h: 16-bit uniforms, 8 per Philox call)
+//                  (keep = dropout_keep in philox.h: 16-bit uniforms, 8 per Philox call, as at every site)
 //   ctx[r, i, h*d + e] = sum_j dropped[i, j] * v_j[e]
 // Every query position is computed, padded ones too (HF does; they never reach the logits).
 // Backward, with dropped recomputed from probs and the same site:

@@ -15,15 +15,16 @@ void apply_mask(T* out, const T* inp, size_t n, const DropoutSite& site) {
     return;
   }
   const T scale = T(1) / (T(1) - static_cast<T>(site.p));
-  const int64_t groups = static_cast<int64_t>((n + 3) / 4);
-  // One Philox call serves four consecutive elements, as a CUDA thread would use it.
+  const uint32_t threshold = dropout_threshold(site.p);
+  const int64_t groups = static_cast<int64_t>((n + 7) / 8);
+  // One Philox call serves eight consecutive elements, as a CUDA thread would use it.
 #pragma omp parallel for schedule(static) if (n > (1u << 15))
   for (int64_t g = 0; g < groups; ++g) {
     const Philox4x32 words = dropout_words(site, static_cast<uint64_t>(g));
-    for (int w = 0; w < 4; ++w) {
-      const size_t i = static_cast<size_t>(g) * 4 + w;
+    for (int w = 0; w < 8; ++w) {
+      const size_t i = static_cast<size_t>(g) * 8 + w;
       if (i >= n) break;
-      out[i] = uniform_from_word(words.v[w]) >= site.p ? inp[i] * scale : T(0);
+      out[i] = dropout_keep_from_word(words.v[w >> 1], w & 1, threshold) ? inp[i] * scale : T(0);
     }
   }
 }
