@@ -746,6 +746,7 @@ TEST_P(CudaKernels, GeluTanhAndDropoutMatchCpu) {
   }
   {
     // One element in: unaligned pointers take the scalar kernels; element 0 must stay untouched.
+    // (The dropout kernel packs whenever both pointers are aligned, so the aligned call below is packed.)
     const size_t es = llmqs::kernels::dtype_bytes(type);
     auto shifted = [&](const DeviceArray& a) { return static_cast<char*>(a.ptr()) + es; };
     auto expect_shifted = [&](const std::vector<float>& ref, const std::string& what) {
@@ -761,6 +762,11 @@ TEST_P(CudaKernels, GeluTanhAndDropoutMatchCpu) {
     out.poison();
     cu::gelu_backward(shifted(out), shifted(dx), shifted(ddout), type, n - 1, nullptr);
     expect_shifted(dgelu_ref, "gelu backward, unaligned");
+    std::vector<float> drop_shifted_ref(n);  // the mask of elements 0 .. n - 2 of the shifted range
+    kc::dropout_forward(drop_shifted_ref.data() + 1, x.data() + 1, n - 1, site);
+    out.poison();
+    cu::dropout_forward(shifted(out), shifted(dx), type, n - 1, site, nullptr);
+    expect_shifted(drop_shifted_ref, "dropout, unaligned");
   }
   run([&] { cu::tanh_forward(out.ptr(), dx.ptr(), type, n, nullptr); }, tanh_ref, "tanh");
   run([&] { cu::tanh_backward(out.ptr(), dtanh_in.ptr(), ddout.ptr(), type, n, nullptr); }, dtanh_ref, "tanh backward");
