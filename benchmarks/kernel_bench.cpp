@@ -204,6 +204,7 @@ struct Buffers {
   uint32_t* attn_mask = nullptr;  // dropout keep bits: flash_attention_mask_words(B, S, H) words
   uint32_t* ln_keep = nullptr;    // a residual LayerNorm's keep bits: layernorm_keep_bits_words(N, C) (null if 0)
   void* attn_ds = nullptr;        // dS^T for the dQ product: flash_attention_ds_elements(B, S, H), or null
+  float* qkv_bias_partials = nullptr;  // the attention backward's QKV bias partials, or null where it sums none
   int32_t *lengths_full = nullptr, *lengths_yelp = nullptr;
   // Embeddings: ids [N], fp32 tables, output [N x 768].
   int32_t* ids = nullptr;
@@ -500,7 +501,8 @@ void enqueue_flash_forward(const Buffers& b, const AttentionShape& s, const int3
 void enqueue_flash_backward(const Buffers& b, const AttentionShape& s, const int32_t* lengths,
                             const DropoutSite& site, cudaStream_t stream) {
   cu::flash_attention_backward(b.dq, b.dk, b.dv, b.dctx, b.ctx, b.q, b.k, b.v, b.lse, b.attn_mask, b.delta,
-                               b.attn_ds, lengths, s.type, s.rows, s.seq, s.C, s.heads, 3 * s.C, site, stream);
+                               b.attn_ds, b.qkv_bias_partials, lengths, s.type, s.rows, s.seq, s.C, s.heads, 3 * s.C,
+                               site, stream);
 }
 
 // Forward and backward rows at one set of row lengths (`tag`: "full" or "yelp").
@@ -649,6 +651,10 @@ int run(const Options& o) {
   // The backend's choice (core::attention_ds_planned: LLMQS_ATTENTION_DQ=recompute turns it off).
   const bool stored_ds = core::attention_ds_planned();
   arena.add(b.attn_ds, stored_ds ? cu::flash_attention_ds_elements(B, S, H) * es : 0);
+  // As the backend: the attention backward sums the QKV bias gradient's partials where it can.
+  const bool attention_bias = cu::flash_attention_backward_sums_qkv_bias(type, C, H, S, stored_ds);
+  const size_t bias_partial_rows = attention_bias ? cu::flash_attention_qkv_bias_partial_rows(B, S) : 0;
+  arena.add(b.qkv_bias_partials, bias_partial_rows * 3 * C * 4);
   arena.add(b.lengths_full, size_t(B) * 4);
   arena.add(b.lengths_yelp, size_t(B) * 4);
   arena.add(b.ids, size_t(N) * 4);
@@ -666,6 +672,7 @@ int run(const Options& o) {
   arena.add(b.pattern, kPatternFloats * 4);
   arena.allocate();
   if (!stored_ds) b.attn_ds = nullptr;  // the backward then recomputes dQ
+  if (!attention_bias) b.qkv_bias_partials = nullptr;
   b.q = b.qkv, b.k = static_cast<char*>(b.qkv) + size_t(C) * es, b.v = static_cast<char*>(b.qkv) + size_t(2 * C) * es;
   b.dq = b.dqkv, b.dk = static_cast<char*>(b.dqkv) + size_t(C) * es;
   b.dv = static_cast<char*>(b.dqkv) + size_t(2 * C) * es;
@@ -863,9 +870,24 @@ int run(const Options& o) {
     q.shape = std::to_string(N) + "x" + std::to_string(3 * C) + " column sums -> dbias fp32 +=";
     q.call = "linear_backward_bias(dbias, dqkv, type, N, 2304, scratch, stream)";
     q.bytes = 3.0 * double(nC) * es + 2.0 * 3 * C * 4;
-    q.calls_per_step = layers;
+    q.calls_per_step = attention_bias ? 0 : layers;
+    if (attention_bias) q.note = "not called by the backend here: the attention backward sums partials (next row)";
     q.enqueue = [&, N, C] { cu::linear_backward_bias(b.dbias, b.dqkv, type, N, 3 * C, b.reduce_scratch, stream); };
     add(std::move(q));
+    if (attention_bias) {
+      Row pq;
+      pq.name = "linear_bwd_bias.qkv_partials";
+      pq.shape = std::to_string(bias_partial_rows) + "x" + std::to_string(3 * C) + " fp32 partials -> dbias +=";
+      pq.call = "linear_backward_bias(dbias, qkv_bias_partials, fp32, B ceil(S/64), 2304, scratch, stream)";
+      pq.bytes = double(bias_partial_rows) * 3 * C * 4 + 2.0 * 3 * C * 4;
+      pq.calls_per_step = layers;
+      pq.note = "the attention backward's column sums of dq | dk | dv per 64-position tile, summed";
+      pq.enqueue = [&, C, bias_partial_rows] {
+        cu::linear_backward_bias(b.dbias, b.qkv_bias_partials, DType::kF32, static_cast<int>(bias_partial_rows), 3 * C,
+                                 b.reduce_scratch, stream);
+      };
+      add(std::move(pq));
+    }
   }
 
   // ---- LayerNorm after attention / FFN: x = dropout(dense_out) + residual, LayerNorm, no output dropout ----

@@ -804,13 +804,17 @@ class CudaBackend final : public Backend {
       linear_grad(d_tmp, act(a.ctx), lp.o_w, lp.o_b, act(plan_.d_ctx), 0.0f, N, C, C, true);
       profile_->mark("o_bwd");
       void* d_qkv = act(plan_.d_qkv);
+      // The Hopper long-row kernels also sum the QKV bias gradient per 64 positions (partials).
+      const bool attention_bias =
+          plan_.fused_attention && cu::flash_attention_backward_sums_qkv_bias(type_, C, H, S, plan_.attn_ds_bytes != 0);
       if (plan_.fused_attention)
         cu::flash_attention_backward(qkv_block(d_qkv, 0), qkv_block(d_qkv, 1), qkv_block(d_qkv, 2),
                                      act(plan_.d_ctx), act(a.ctx), qkv_block(act(a.qkv), 0),
                                      qkv_block(act(a.qkv), 1), qkv_block(act(a.qkv), 2), f32(a.probs),
                                      u32(a.attn_mask), f32(plan_.att_scores),
-                                     plan_.attn_ds_bytes ? act(plan_.att_ds) : nullptr, i32(plan_.lengths), type_, B,
-                                     S, C, H, 3 * C,
+                                     plan_.attn_ds_bytes ? act(plan_.att_ds) : nullptr,
+                                     attention_bias ? f32(plan_.att_bias_partials) : nullptr, i32(plan_.lengths),
+                                     type_, B, S, C, H, 3 * C,
                                      layer_site(l, kernels::LayerDropoutSite::kAttentionProbs, attn_p), stream_);
       else
         cu::attention_backward(qkv_block(d_qkv, 0), qkv_block(d_qkv, 1), qkv_block(d_qkv, 2), act(plan_.d_ctx),
@@ -819,7 +823,11 @@ class CudaBackend final : public Backend {
                                layer_site(l, kernels::LayerDropoutSite::kAttentionProbs, attn_p), att, *matmul_,
                                stream_);
       profile_->mark("attention_bwd");
-      linear_grad(d_qkv, x, lp.q_w, lp.q_b, d_h, 1.0f, N, C, 3 * C);  // the fused product's three gradients
+      if (attention_bias)
+        cu::linear_backward_bias(G(lp.q_b), f32(plan_.att_bias_partials), DType::kF32,
+                                 static_cast<int64_t>(cu::flash_attention_qkv_bias_partial_rows(B, S)), 3 * C, scratch(),
+                                 stream_);
+      linear_grad(d_qkv, x, lp.q_w, lp.q_b, d_h, 1.0f, N, C, 3 * C, attention_bias);  // the fused product's three gradients
       profile_->mark("qkv_bwd");
       backward_finished_layer(l);
     }

@@ -52,6 +52,7 @@ struct DeviceMemoryPlan {
   // scratch: attention (head-major copies, fp32 scores, dropped probs), reductions, cuBLASLt
   size_t att_q, att_k, att_v, att_ctx, att_dq, att_dk, att_dv, att_scores, att_dropped;
   size_t att_ds;  // fused: dS^T for the dQ product (attn_ds_bytes; 0 bytes when recomputed)
+  size_t att_bias_partials;  // fused with dS^T: the QKV bias partials, [B ceil(S/64) x 3C] fp32
   size_t reduce_scratch, matmul_workspace;
   size_t matmul_workspace_bytes = 0;
 

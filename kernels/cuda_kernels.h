@@ -181,6 +181,12 @@ void attention_backward(void* dq, void* dk, void* dv, const void* dctx, const vo
 // Where the Hopper kernels run and seq <= 128, one persistent kernel does the whole backward with
 // dS on chip and delta formed inside it: ds_scratch and delta_scratch are not touched
 // (docs/performance.md, sections 9 and 10).
+// qkv_bias_partials: null, or flash_attention_qkv_bias_partial_rows(rows, seq) x 3C fp32. Where
+// flash_attention_backward_sums_qkv_bias holds (the Hopper long-row kernels), row r x ceil(seq/64) + i
+// receives the column sums of what the kernels store in dq | dk | dv (columns 0 | C | 2C + c) over
+// positions 64 i .. 64 i + 63 of row r; the column sums of the whole buffer are then the QKV bias
+// gradient (the backend sums them with linear_backward_bias instead of reading dq, dk, dv again).
+// Elsewhere the buffer is not touched.
 // dq, dk, dv are overwritten. q, k, v, dq, dk, dv have row stride qkv_ld (C, or 3C when they are
 // the column blocks of one [tokens x 3C] buffer); ctx and dctx row stride C. Unsupported shapes throw.
 bool flash_attention_supported(DType type, int C, int heads);
@@ -193,6 +199,8 @@ int loaded_code_arch();
 bool flash_attention_uses_wgmma(DType type, int C, int heads);
 size_t flash_attention_mask_words(int rows, int seq, int heads);
 size_t flash_attention_ds_elements(int rows, int seq, int heads);
+bool flash_attention_backward_sums_qkv_bias(DType type, int C, int heads, int seq, bool ds_stored);
+size_t flash_attention_qkv_bias_partial_rows(int rows, int seq);
 void flash_attention_dropout_mask(uint32_t* dropout_mask, int rows, int seq, int heads, const DropoutSite& dropout,
                                   cudaStream_t stream);
 void flash_attention_forward(void* ctx, float* lse, const uint32_t* dropout_mask, const void* q, const void* k,
@@ -200,8 +208,9 @@ void flash_attention_forward(void* ctx, float* lse, const uint32_t* dropout_mask
                              int qkv_ld, const DropoutSite& dropout, cudaStream_t stream);
 void flash_attention_backward(void* dq, void* dk, void* dv, const void* dctx, const void* ctx, const void* q,
                               const void* k, const void* v, const float* lse, const uint32_t* dropout_mask,
-                              float* delta_scratch, void* ds_scratch, const int32_t* lengths, DType type, int rows,
-                              int seq, int C, int heads, int qkv_ld, const DropoutSite& dropout, cudaStream_t stream);
+                              float* delta_scratch, void* ds_scratch, float* qkv_bias_partials,
+                              const int32_t* lengths, DType type, int rows, int seq, int C, int heads, int qkv_ld,
+                              const DropoutSite& dropout, cudaStream_t stream);
 
 // ---- softmax cross-entropy (kernels/softmax_cross_entropy.cu; CPU twin ...cpu/softmax_cross_entropy.h)
 // logits fp32 [rows x C]; writes loss [rows] fp32, prediction [rows], and when dlogits is not

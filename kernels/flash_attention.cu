@@ -769,13 +769,14 @@ void launch_forward(void* ctx, float* lse, const uint32_t* mask, const void* q, 
 
 // dK, dV (and dS^T where ds_t is set) of the backward: the Hopper kernel where it runs, else mma.sync.
 template <typename T, int D>
-void launch_backward_kv(void* dk, void* dv, T* ds_t, const void* dctx, const void* q, const void* k, const void* v,
-                        const float* lse, const float* delta, const uint32_t* mask, const int32_t* lengths, int rows,
-                        int seq, int seq_pad, int C, int ld, int heads, const DropoutSite& site, cudaStream_t stream) {
+void launch_backward_kv(void* dk, void* dv, T* ds_t, float* bias_partials, const void* dctx, const void* q,
+                        const void* k, const void* v, const float* lse, const float* delta, const uint32_t* mask,
+                        const int32_t* lengths, int rows, int seq, int seq_pad, int C, int ld, int heads,
+                        const DropoutSite& site, cudaStream_t stream) {
   if constexpr (D == 64) {
     if (wgmma_attention_runs()) {
-      sm90::flash_backward_kv(std::is_same_v<T, __nv_bfloat16>, dk, dv, ds_t, q, k, v, dctx, lse, delta, mask, lengths,
-                              rows, seq, seq_pad, C, ld, heads, site, stream);
+      sm90::flash_backward_kv(std::is_same_v<T, __nv_bfloat16>, dk, dv, ds_t, bias_partials, q, k, v, dctx, lse, delta,
+                              mask, lengths, rows, seq, seq_pad, C, ld, heads, site, stream);
       return;
     }
   }
@@ -789,8 +790,10 @@ void launch_backward_kv(void* dk, void* dv, T* ds_t, const void* dctx, const voi
 template <typename T, int D>
 void launch_backward(void* dq, void* dk, void* dv, const void* dctx, const void* ctx, const void* q, const void* k,
                      const void* v, const float* lse, const uint32_t* mask, float* delta, void* ds_scratch,
-                     const int32_t* lengths, int rows, int seq, int C, int ld, int heads, const DropoutSite& site,
-                     cudaStream_t stream) {
+                     float* bias_partials, const int32_t* lengths, int rows, int seq, int C, int ld, int heads,
+                     const DropoutSite& site, cudaStream_t stream) {
+  // The Hopper long-row pair writes the QKV bias partials (flash_attention_backward_sums_qkv_bias).
+  if (!(D == 64 && wgmma_attention_runs() && seq > sm90::kShortBackwardMaxSeq && ds_scratch)) bias_partials = nullptr;
   if constexpr (D == 64) {
     // dS stays on chip and delta is formed in the kernel: ds_scratch and delta are not touched.
     if (wgmma_attention_runs() && seq <= sm90::kShortBackwardMaxSeq) {
@@ -806,13 +809,13 @@ void launch_backward(void* dq, void* dk, void* dv, const void* dctx, const void*
   const dim3 grid(ceil_div(seq, kTile), rows * heads);
   const int seq_pad = ds_pad(seq);
   T* ds_t = static_cast<T*>(ds_scratch);
-  launch_backward_kv<T, D>(dk, dv, ds_t, dctx, q, k, v, lse, delta, mask, lengths, rows, seq, seq_pad, C, ld, heads,
-                           site, stream);
+  launch_backward_kv<T, D>(dk, dv, ds_t, bias_partials, dctx, q, k, v, lse, delta, mask, lengths, rows, seq, seq_pad, C,
+                           ld, heads, site, stream);
   if (ds_t) {
     if constexpr (D == 64) {
       if (wgmma_attention_runs()) {
-        sm90::flash_dq_from_ds(std::is_same_v<T, __nv_bfloat16>, dq, ds_t, k, lengths, rows, seq, seq_pad, ld, heads,
-                               stream);
+        sm90::flash_dq_from_ds(std::is_same_v<T, __nv_bfloat16>, dq, bias_partials, ds_t, k, lengths, rows, seq,
+                               seq_pad, C, ld, heads, stream);
         return;
       }
     }
@@ -857,6 +860,15 @@ bool flash_attention_uses_wgmma(DType type, int C, int heads) {
   return flash_attention_supported(type, C, heads) && C / heads == 64 && wgmma_attention_runs();
 }
 
+bool flash_attention_backward_sums_qkv_bias(DType type, int C, int heads, int seq, bool ds_stored) {
+  return flash_attention_uses_wgmma(type, C, heads) && seq > sm90::kShortBackwardMaxSeq && ds_stored;
+}
+
+size_t flash_attention_qkv_bias_partial_rows(int rows, int seq) {
+  if (rows <= 0 || seq <= 0) return 0;
+  return size_t(rows) * ds_pad(seq) / kTile;
+}
+
 size_t flash_attention_ds_elements(int rows, int seq, int heads) {
   if (rows <= 0 || seq <= 0 || heads <= 0) return 0;
   return size_t(rows) * heads * ds_pad(seq) * ds_pad(seq);
@@ -899,8 +911,9 @@ void flash_attention_forward(void* ctx, float* lse, const uint32_t* dropout_mask
 
 void flash_attention_backward(void* dq, void* dk, void* dv, const void* dctx, const void* ctx, const void* q,
                               const void* k, const void* v, const float* lse, const uint32_t* dropout_mask,
-                              float* delta_scratch, void* ds_scratch, const int32_t* lengths, DType type, int rows,
-                              int seq, int C, int heads, int qkv_ld, const DropoutSite& dropout, cudaStream_t stream) {
+                              float* delta_scratch, void* ds_scratch, float* qkv_bias_partials,
+                              const int32_t* lengths, DType type, int rows, int seq, int C, int heads, int qkv_ld,
+                              const DropoutSite& dropout, cudaStream_t stream) {
   check_supported(type, C, heads, "flash_attention_backward");
   check_row_stride(qkv_ld, C, "flash_attention_backward");
   if (dropout.p > 0.0f && dropout_mask == nullptr)
@@ -908,8 +921,8 @@ void flash_attention_backward(void* dq, void* dk, void* dv, const void* dctx, co
   if (rows <= 0 || seq <= 0) return;
   const int d = C / heads;
 #define LLMQS_FLASH_BWD(T, D)                                                                                   \
-  launch_backward<T, D>(dq, dk, dv, dctx, ctx, q, k, v, lse, dropout_mask, delta_scratch, ds_scratch, lengths, rows, \
-                        seq, C, qkv_ld, heads, dropout, stream)
+  launch_backward<T, D>(dq, dk, dv, dctx, ctx, q, k, v, lse, dropout_mask, delta_scratch, ds_scratch,             \
+                        qkv_bias_partials, lengths, rows, seq, C, qkv_ld, heads, dropout, stream)
   if (type == DType::kBF16) {
     if (d == 64) LLMQS_FLASH_BWD(__nv_bfloat16, 64);
     else LLMQS_FLASH_BWD(__nv_bfloat16, 32);

@@ -329,6 +329,44 @@ __device__ __forceinline__ void store_gradient_rows(T* head, int ld, const int (
   }
 }
 
+// The column sums of a warpgroup's 64 x 64 gradient tile as store_gradient_rows stores it (scale x
+// acc rounded to T, rows at or past seq left out): tile column c into out[c], a partial of the QKV
+// bias gradient (flash_attention_backward's qkv_bias_partials). Per thread: its two rows, then the
+// eight rows of its quad column over lanes (xor 4, 8, 16), then the four warps through `red` (this
+// warpgroup's [4][64] in shared memory), each in a fixed order. Every thread of the block calls it
+// (one __syncthreads); out == nullptr stores nothing.
+template <typename T>
+__device__ __forceinline__ void store_tile_column_sums(float* out, float (*red)[64], const int (&rows)[2], int seq,
+                                                       const float (&acc)[32], float scale, int warp, int lane,
+                                                       int group_tid) {
+  const int g = lane >> 2, t = lane & 3;
+  float col[16];
+#pragma unroll
+  for (int n = 0; n < 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float sum = 0.0f;
+#pragma unroll
+      for (int x = 0; x < 2; ++x)
+        if (rows[x] < seq) sum += to_float(from_float<T>(acc[4 * n + 2 * x + e] * scale));
+      col[2 * n + e] = sum;
+    }
+#pragma unroll
+  for (int offset = 4; offset < 32; offset <<= 1)
+#pragma unroll
+    for (int i = 0; i < 16; ++i) col[i] += __shfl_xor_sync(0xffffffffu, col[i], offset);
+  if (g == 0) {
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+      red[warp][8 * n + 2 * t] = col[2 * n];
+      red[warp][8 * n + 2 * t + 1] = col[2 * n + 1];
+    }
+  }
+  __syncthreads();
+  if (out != nullptr && group_tid < kHeadDim)
+    out[group_tid] = ((red[0][group_tid] + red[1][group_tid]) + red[2][group_tid]) + red[3][group_tid];
+}
+
 // ---- forward -------------------------------------------------------------------------------------
 // One block of kGroups warpgroups per (64 kGroups queries, row x head); warpgroup wg owns queries
 // q0 + 64 wg .. + 63, its Q rows in registers as A fragments. The block streams 64-key K/V tiles
@@ -624,8 +662,9 @@ __device__ __forceinline__ int ds_query_of_position(int p) { return 2 * (p >> 2)
 
 template <typename T>
 __global__ void __launch_bounds__(kGroupThreads, 2) flash_backward_kv_kernel(
-    T* dk, T* dv, T* ds_t, const T* q, const T* k, const T* v, const T* dctx, const float* lse, const float* delta,
-    const uint32_t* mask, const int32_t* lengths, int seq, int seq_pad, int C, int ld, int heads, DropoutSite site) {
+    T* dk, T* dv, T* ds_t, float* bias_partials, const T* q, const T* k, const T* v, const T* dctx, const float* lse,
+    const float* delta, const uint32_t* mask, const int32_t* lengths, int seq, int seq_pad, int C, int ld, int heads,
+    DropoutSite site) {
 #ifdef LLMQS_WGMMA
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = align_1024(smem_raw);  // stage s: Q tile at 2s, dO tile at 2s + 1; then K, V
@@ -756,6 +795,12 @@ __global__ void __launch_bounds__(kGroupThreads, 2) flash_backward_kv_kernel(
     wait_for_key_products(dv_acc, dk_acc, pa, sa);
   }
   store_key_gradients<T>(dk + head_offset, dv + head_offset, ld, keys, seq, dk_acc, dv_acc, scale, t);
+  if (bias_partials != nullptr) {  // this key tile's partial of the K and V bias gradients (partial row r x tiles + tile)
+    __shared__ float red[2][4][kHeadDim];
+    float* part = bias_partials + (size_t(r) * gridDim.x + blockIdx.x) * 3 * C + size_t(h) * kHeadDim;
+    store_tile_column_sums<T>(part + C, red[0], keys.kj, seq, dk_acc, scale, warp, lane, tid);
+    store_tile_column_sums<T>(part + 2 * C, red[1], keys.kj, seq, dv_acc, 1.0f, warp, lane, tid);
+  }
 #endif
 }
 
@@ -774,7 +819,8 @@ constexpr int kDqStageBytes = 3 * kTileBytes;  // K, dS^T of warpgroup 0, dS^T o
 
 template <typename T>
 __global__ void __launch_bounds__(2 * kGroupThreads, 2) flash_dq_from_ds_kernel(
-    T* dq, const T* ds_t, const T* k, const int32_t* lengths, int seq, int seq_pad, int ld, int heads) {
+    T* dq, float* bias_partials, const T* ds_t, const T* k, const int32_t* lengths, int seq, int seq_pad, int C,
+    int ld, int heads) {
 #ifdef LLMQS_WGMMA
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = align_1024(smem_raw);
@@ -823,6 +869,12 @@ __global__ void __launch_bounds__(2 * kGroupThreads, 2) flash_dq_from_ds_kernel(
   // holds query ds_query_of_position(g), row g + 8 query ds_query_of_position(g + 8).
   const int rows[2] = {i0 + warp * 16 + ds_query_of_position(g), i0 + warp * 16 + ds_query_of_position(g + 8)};
   if (queries) store_gradient_rows<T>(dq + head_offset, ld, rows, seq, dq_acc, scale, t);
+  if (bias_partials != nullptr) {  // this query tile's partial of the Q bias gradient (partial row r x tiles + tile)
+    __shared__ float red[2][4][kHeadDim];
+    float* part = queries ? bias_partials + (size_t(r) * (seq_pad / kTile) + i0 / kTile) * 3 * C + size_t(h) * kHeadDim
+                          : nullptr;
+    store_tile_column_sums<T>(part, red[wg], rows, seq, dq_acc, scale, warp, lane, tid % kGroupThreads);
+  }
 #endif
 }
 
@@ -1064,27 +1116,29 @@ void launch_forward(void* ctx, float* lse, const uint32_t* mask, const void* q, 
 }
 
 template <typename T>
-void launch_backward_kv(void* dk, void* dv, void* ds_t, const void* q, const void* k, const void* v, const void* dctx,
-                        const float* lse, const float* delta, const uint32_t* mask, const int32_t* lengths, int rows,
-                        int seq, int seq_pad, int C, int ld, int heads, const DropoutSite& site, cudaStream_t stream) {
+void launch_backward_kv(void* dk, void* dv, void* ds_t, float* bias_partials, const void* q, const void* k,
+                        const void* v, const void* dctx, const float* lse, const float* delta, const uint32_t* mask,
+                        const int32_t* lengths, int rows, int seq, int seq_pad, int C, int ld, int heads,
+                        const DropoutSite& site, cudaStream_t stream) {
   static const bool ready = (allow_shared_memory(flash_backward_kv_kernel<T>, kBackwardSmemBytes), true);
   (void)ready;
   const dim3 grid(ceil_div(seq, kTile), rows * heads);
   flash_backward_kv_kernel<T><<<grid, kGroupThreads, kBackwardSmemBytes, stream>>>(
-      static_cast<T*>(dk), static_cast<T*>(dv), static_cast<T*>(ds_t), static_cast<const T*>(q),
+      static_cast<T*>(dk), static_cast<T*>(dv), static_cast<T*>(ds_t), bias_partials, static_cast<const T*>(q),
       static_cast<const T*>(k), static_cast<const T*>(v), static_cast<const T*>(dctx), lse, delta, mask, lengths, seq,
       seq_pad, C, ld, heads, site);
   CUDA_CHECK_LAUNCH("sm90::flash_backward_kv_kernel");
 }
 
 template <typename T>
-void launch_dq_from_ds(void* dq, const void* ds_t, const void* k, const int32_t* lengths, int rows, int seq,
-                       int seq_pad, int ld, int heads, cudaStream_t stream) {
+void launch_dq_from_ds(void* dq, float* bias_partials, const void* ds_t, const void* k, const int32_t* lengths,
+                       int rows, int seq, int seq_pad, int C, int ld, int heads, cudaStream_t stream) {
   static const bool ready = (allow_shared_memory(flash_dq_from_ds_kernel<T>, kDqSmemBytes), true);
   (void)ready;
   const dim3 grid(ceil_div(seq, 2 * kTile), rows * heads);
   flash_dq_from_ds_kernel<T><<<grid, 2 * kGroupThreads, kDqSmemBytes, stream>>>(
-      static_cast<T*>(dq), static_cast<const T*>(ds_t), static_cast<const T*>(k), lengths, seq, seq_pad, ld, heads);
+      static_cast<T*>(dq), bias_partials, static_cast<const T*>(ds_t), static_cast<const T*>(k), lengths, seq,
+      seq_pad, C, ld, heads);
   CUDA_CHECK_LAUNCH("sm90::flash_dq_from_ds_kernel");
 }
 
@@ -1127,24 +1181,25 @@ void flash_forward(bool bf16, void* ctx, float* lse, const uint32_t* mask, const
     launch_forward<__half>(ctx, lse, mask, q, k, v, lengths, rows, seq, C, ld, heads, site, stream);
 }
 
-void flash_backward_kv(bool bf16, void* dk, void* dv, void* ds_t, const void* q, const void* k, const void* v,
-                       const void* dctx, const float* lse, const float* delta, const uint32_t* mask,
+void flash_backward_kv(bool bf16, void* dk, void* dv, void* ds_t, float* bias_partials, const void* q, const void* k,
+                       const void* v, const void* dctx, const float* lse, const float* delta, const uint32_t* mask,
                        const int32_t* lengths, int rows, int seq, int seq_pad, int C, int ld, int heads,
                        const DropoutSite& site, cudaStream_t stream) {
   if (bf16)
-    launch_backward_kv<__nv_bfloat16>(dk, dv, ds_t, q, k, v, dctx, lse, delta, mask, lengths, rows, seq, seq_pad, C,
-                                      ld, heads, site, stream);
+    launch_backward_kv<__nv_bfloat16>(dk, dv, ds_t, bias_partials, q, k, v, dctx, lse, delta, mask, lengths, rows, seq,
+                                      seq_pad, C, ld, heads, site, stream);
   else
-    launch_backward_kv<__half>(dk, dv, ds_t, q, k, v, dctx, lse, delta, mask, lengths, rows, seq, seq_pad, C, ld,
-                               heads, site, stream);
+    launch_backward_kv<__half>(dk, dv, ds_t, bias_partials, q, k, v, dctx, lse, delta, mask, lengths, rows, seq,
+                               seq_pad, C, ld, heads, site, stream);
 }
 
-void flash_dq_from_ds(bool bf16, void* dq, const void* ds_t, const void* k, const int32_t* lengths, int rows,
-                      int seq, int seq_pad, int ld, int heads, cudaStream_t stream) {
+void flash_dq_from_ds(bool bf16, void* dq, float* bias_partials, const void* ds_t, const void* k,
+                      const int32_t* lengths, int rows, int seq, int seq_pad, int C, int ld, int heads,
+                      cudaStream_t stream) {
   if (bf16)
-    launch_dq_from_ds<__nv_bfloat16>(dq, ds_t, k, lengths, rows, seq, seq_pad, ld, heads, stream);
+    launch_dq_from_ds<__nv_bfloat16>(dq, bias_partials, ds_t, k, lengths, rows, seq, seq_pad, C, ld, heads, stream);
   else
-    launch_dq_from_ds<__half>(dq, ds_t, k, lengths, rows, seq, seq_pad, ld, heads, stream);
+    launch_dq_from_ds<__half>(dq, bias_partials, ds_t, k, lengths, rows, seq, seq_pad, C, ld, heads, stream);
 }
 
 void flash_backward_short(bool bf16, void* dq, void* dk, void* dv, const void* q, const void* k, const void* v,

@@ -19,14 +19,18 @@ void flash_forward(bool bf16, void* ctx, float* lse, const uint32_t* mask, const
                    const DropoutSite& site, cudaStream_t stream);
 
 // dK, dV and dS^T (the dQ product's input, ds_pad(seq)^2 per row x head) from delta = dO . O.
-void flash_backward_kv(bool bf16, void* dk, void* dv, void* ds_t, const void* q, const void* k, const void* v,
-                       const void* dctx, const float* lse, const float* delta, const uint32_t* mask,
+// With bias_partials, also the column sums of each 64-key tile's stored dK and dV there (the K and V
+// columns of flash_attention_backward's qkv_bias_partials).
+void flash_backward_kv(bool bf16, void* dk, void* dv, void* ds_t, float* bias_partials, const void* q, const void* k,
+                       const void* v, const void* dctx, const float* lse, const float* delta, const uint32_t* mask,
                        const int32_t* lengths, int rows, int seq, int seq_pad, int C, int ld, int heads,
                        const DropoutSite& site, cudaStream_t stream);
 
-// dQ = c dS K from the dS^T blocks flash_backward_kv stored (ds_pad(seq)^2 per row x head).
-void flash_dq_from_ds(bool bf16, void* dq, const void* ds_t, const void* k, const int32_t* lengths, int rows,
-                      int seq, int seq_pad, int ld, int heads, cudaStream_t stream);
+// dQ = c dS K from the dS^T blocks flash_backward_kv stored (ds_pad(seq)^2 per row x head); with
+// bias_partials, also each 64-query tile's column sums of the stored dQ (the Q columns).
+void flash_dq_from_ds(bool bf16, void* dq, float* bias_partials, const void* ds_t, const void* k,
+                      const int32_t* lengths, int rows, int seq, int seq_pad, int C, int ld, int heads,
+                      cudaStream_t stream);
 
 // The whole backward (dQ, dK, dV) of rows up to kShortBackwardMaxSeq tokens in one persistent
 // kernel, a row x head per block at a time: dS stays in shared memory, so neither dS^T nor a dQ

@@ -3,7 +3,7 @@
 # build in the same job, with PyTorch's numbers for the ratios:
 #   1. the candidate's attention and column-sum tests and the backend suite (a failure stops the
 #      timings: numbers of unchecked code are not worth reporting);
-#   2. kernel_bench's attention, LayerNorm and dropout rows of both builds at 64x512, full and Yelp lengths;
+#   2. kernel_bench's attention, LayerNorm, dropout and bias-sum rows of both builds at 64x512, full and Yelp lengths;
 #   3. `llmqs-dist bench` alternating base / new, ROUNDS rounds, at 64x512, Yelp grouped, 256x128;
 #   4. pytorch_bert_baseline.py (torch.compile) at 64x512 and 256x128 unless TORCH=0.
 # Each build is a folder with llmqs-dist and kernel_bench (the candidate also kernels_cuda_test and
@@ -51,7 +51,7 @@ for build in "$base" "$new"; do
   for lengths in full yelp; do
     log="$logs/kernel_bench_$(basename "$build")_$lengths.txt"
     "$build/kernel_bench" --batch 64 --seq 512 $([ "$lengths" = yelp ] && echo --lengths yelp) >"$log" 2>&1
-    grep -E "^  (flash_attention|attention_dropout_mask|layernorm_|dropout_fwd)" "$log" |
+    grep -E "^  (flash_attention|attention_dropout_mask|layernorm_|dropout_fwd|linear_bwd_bias)" "$log" |
       awk -v b="$(basename "$build")" '{print "kernel_bench", b, $1, "median_ms=" $(NF-6), $(NF-2), $(NF-1)}' |
       sort -u | tee -a "$summary"
   done

@@ -651,6 +651,7 @@ TEST_P(CudaKernels, FlashAttentionWithPaddingAndDropoutMatchesCpu) {
       DeviceArray mask(cu::flash_attention_mask_words(s.rows, s.seq, s.heads), DType::kF32);  // uint32 words
       std::unique_ptr<DeviceArray> lengths(upload_ints(s.lengths));
       DeviceArray ds(cu::flash_attention_ds_elements(s.rows, s.seq, s.heads), type);
+      DeviceArray bias_partials(cu::flash_attention_qkv_bias_partial_rows(s.rows, s.seq) * 3 * s.C, DType::kF32);
       ctx.poison();
       uint32_t* mask_words = static_cast<uint32_t*>(mask.ptr());
       cu::flash_attention_dropout_mask(mask_words, s.rows, s.seq, s.heads, site, nullptr);
@@ -679,15 +680,44 @@ TEST_P(CudaKernels, FlashAttentionWithPaddingAndDropoutMatchesCpu) {
         const std::string how = what + (stored_ds ? " (dQ from stored dS)" : " (dQ recomputed)");
         dqkv.poison();
         ds.poison();
+        bias_partials.poison();
         cu::flash_attention_backward(dqkv.ptr(0), dqkv.ptr(1), dqkv.ptr(2), ddctx.ptr(), ctx.ptr(), qkv_in.ptr(0),
                                      qkv_in.ptr(1), qkv_in.ptr(2), lse.f32(), mask_words, delta.f32(),
-                                     stored_ds ? ds.ptr() : nullptr, lengths->i32(), type, s.rows, s.seq, s.C, s.heads,
-                                     dqkv.ld(), site, nullptr);
+                                     stored_ds ? ds.ptr() : nullptr, bias_partials.f32(), lengths->i32(), type,
+                                     s.rows, s.seq, s.C, s.heads, dqkv.ld(), site, nullptr);
         CUDA_CHECK(cudaDeviceSynchronize());
         // The backward reads the GPU's rounded ctx (through delta): allow twice the forward's error.
         expect_close(dqkv.get(0), dq_ref, 2 * tolerance(type), "flash dq " + how);
         expect_close(dqkv.get(1), dk_ref, 2 * tolerance(type), "flash dk " + how);
         expect_close(dqkv.get(2), dv_ref, tolerance(type), "flash dv " + how);
+        // The QKV bias partials: where the kernels sum them, each is the column sum (in fp32) of the
+        // values they stored over its 64 positions; elsewhere the buffer stays untouched (NaN).
+        const auto partials = bias_partials.get();
+        const bool sums = cu::flash_attention_backward_sums_qkv_bias(type, s.C, s.heads, s.seq, stored_ds);
+        if (sums) {
+          const int tiles = (s.seq + 63) / 64;
+          size_t bad = 0;
+          for (int part = 0; part < 3; ++part) {
+            const auto stored = dqkv.get(part);
+            for (int r = 0; r < s.rows; ++r)
+              for (int i = 0; i < tiles; ++i)
+                for (int c = 0; c < s.C; ++c) {
+                  double sum = 0.0, magnitude = 0.0;
+                  for (int pos = 64 * i; pos < std::min(64 * i + 64, s.seq); ++pos) {
+                    const double x = stored[(size_t(r) * s.seq + pos) * s.C + c];
+                    sum += x;
+                    magnitude += std::fabs(x);
+                  }
+                  const float got = partials[(size_t(r) * tiles + i) * 3 * s.C + size_t(part) * s.C + c];
+                  bad += !(std::fabs(got - sum) <= 1e-5 * magnitude + 1e-30);
+                }
+          }
+          EXPECT_EQ(bad, 0u) << "flash QKV bias partials " << how;
+        } else {
+          size_t written = 0;
+          for (const float x : partials) written += !std::isnan(x);
+          EXPECT_EQ(written, 0u) << "flash QKV bias partials written where the kernels sum none, " << how;
+        }
         // Keys past a row's length get exactly zero gradient (skipped tiles and masked keys alike).
         const auto dk_got = dqkv.get(1);
         for (int r = 0; r < s.rows; ++r)
