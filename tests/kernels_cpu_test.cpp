@@ -70,43 +70,35 @@ void expect_gradient_matches(std::vector<double>& x, const std::vector<double>& 
   EXPECT_GT(checked, 0);
 }
 
+// One of Random123's kat_vectors: counter c0..c3 and key k0, k1 in, the four output words.
+struct PhiloxKnownAnswer {
+  uint32_t in[6];
+  uint32_t out[4];
+};
+using PhiloxFunction = llmqs::kernels::Philox4x32 (*)(uint32_t, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t);
+void expect_known_answers(PhiloxFunction philox, const PhiloxKnownAnswer (&answers)[3], const char* what) {
+  for (int a = 0; a < 3; ++a) {
+    const uint32_t* in = answers[a].in;
+    const auto r = philox(in[0], in[1], in[2], in[3], in[4], in[5]);
+    for (int w = 0; w < 4; ++w) EXPECT_EQ(r.v[w], answers[a].out[w]) << what << " vector " << a << " word " << w;
+  }
+}
 }  // namespace
 
+// 10 rounds (parameter initialisation) and 7 (every dropout site), against Random123's vectors.
 TEST(Philox, MatchesRandom123KnownAnswers) {
-  auto r = llmqs::kernels::philox4x32_10(0, 0, 0, 0, 0, 0);
-  EXPECT_EQ(r.v[0], 0x6627e8d5u);
-  EXPECT_EQ(r.v[1], 0xe169c58du);
-  EXPECT_EQ(r.v[2], 0xbc57ac4cu);
-  EXPECT_EQ(r.v[3], 0x9b00dbd8u);
-  r = llmqs::kernels::philox4x32_10(0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu);
-  EXPECT_EQ(r.v[0], 0x408f276du);
-  EXPECT_EQ(r.v[1], 0x41c83b0eu);
-  EXPECT_EQ(r.v[2], 0xa20bc7c6u);
-  EXPECT_EQ(r.v[3], 0x6d5451fdu);
-  r = llmqs::kernels::philox4x32_10(0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u, 0xa4093822u, 0x299f31d0u);
-  EXPECT_EQ(r.v[0], 0xd16cfe09u);
-  EXPECT_EQ(r.v[1], 0x94fdccebu);
-  EXPECT_EQ(r.v[2], 0x5001e420u);
-  EXPECT_EQ(r.v[3], 0x24126ea1u);
-}
-
-// The dropout sites' 7-round variant, against Random123's kat_vectors for philox4x32 7.
-TEST(Philox, SevenRoundsMatchRandom123KnownAnswers) {
-  auto r = llmqs::kernels::philox4x32_7(0, 0, 0, 0, 0, 0);
-  EXPECT_EQ(r.v[0], 0x5f6fb709u);
-  EXPECT_EQ(r.v[1], 0x0d893f64u);
-  EXPECT_EQ(r.v[2], 0x4f121f81u);
-  EXPECT_EQ(r.v[3], 0x4f730a48u);
-  r = llmqs::kernels::philox4x32_7(0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu);
-  EXPECT_EQ(r.v[0], 0x5207ddc2u);
-  EXPECT_EQ(r.v[1], 0x45165e59u);
-  EXPECT_EQ(r.v[2], 0x4d8ee751u);
-  EXPECT_EQ(r.v[3], 0x8c52f662u);
-  r = llmqs::kernels::philox4x32_7(0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u, 0xa4093822u, 0x299f31d0u);
-  EXPECT_EQ(r.v[0], 0x4dfccabau);
-  EXPECT_EQ(r.v[1], 0x190a87f0u);
-  EXPECT_EQ(r.v[2], 0xc47362bau);
-  EXPECT_EQ(r.v[3], 0xb6b5242au);
+  constexpr uint32_t kOnes = 0xffffffffu;
+  constexpr uint32_t kPi[6] = {0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u, 0xa4093822u, 0x299f31d0u};
+  const PhiloxKnownAnswer ten[3] = {
+      {{0, 0, 0, 0, 0, 0}, {0x6627e8d5u, 0xe169c58du, 0xbc57ac4cu, 0x9b00dbd8u}},
+      {{kOnes, kOnes, kOnes, kOnes, kOnes, kOnes}, {0x408f276du, 0x41c83b0eu, 0xa20bc7c6u, 0x6d5451fdu}},
+      {{kPi[0], kPi[1], kPi[2], kPi[3], kPi[4], kPi[5]}, {0xd16cfe09u, 0x94fdccebu, 0x5001e420u, 0x24126ea1u}}};
+  const PhiloxKnownAnswer seven[3] = {
+      {{0, 0, 0, 0, 0, 0}, {0x5f6fb709u, 0x0d893f64u, 0x4f121f81u, 0x4f730a48u}},
+      {{kOnes, kOnes, kOnes, kOnes, kOnes, kOnes}, {0x5207ddc2u, 0x45165e59u, 0x4d8ee751u, 0x8c52f662u}},
+      {{kPi[0], kPi[1], kPi[2], kPi[3], kPi[4], kPi[5]}, {0x4dfccabau, 0x190a87f0u, 0xc47362bau, 0xb6b5242au}}};
+  expect_known_answers(llmqs::kernels::philox4x32_10, ten, "philox4x32-10");
+  expect_known_answers(llmqs::kernels::philox4x32_7, seven, "philox4x32-7");
 }
 
 namespace {
