@@ -1,6 +1,6 @@
 // Device-side helpers shared by the kernel files: typed load/store through float (every kernel
 // computes in fp32 whatever the storage type), 16-byte packed loads/stores, dropout of a pack
-// with one Philox call per four elements, warp reductions, the DType dispatch macro and
+// with one Philox call per eight elements, warp reductions, the DType dispatch macro and
 // launch-size helpers. Included only by .cu files.
 #pragma once
 #include <cuda_bf16.h>

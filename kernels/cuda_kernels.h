@@ -61,7 +61,7 @@ void embeddings_backward(float* dword, float* dposition, float* dtoken_type0, co
                          int num_groups, int rows, int seq, int C, float* scratch, cudaStream_t stream);
 
 // ---- kernel variants (defined in kernels/layernorm.cu) -------------------------------------------
-// The packed kernels (16-byte loads, one Philox call per four elements, LayerNorm gamma/beta sums
+// The packed kernels (16-byte loads, one Philox call per eight elements, LayerNorm gamma/beta sums
 // and the preceding dense layer's bias sum fused into the backward row pass) are the default; the first, scalar kernels stay as the
 // fallback for shapes the packed ones do not take (C % 8 for bf16/fp16, C % 4 for fp32, or an
 // unaligned pointer) and as a switch for validation runs (core reads LLMQS_LAYERNORM=scalar and

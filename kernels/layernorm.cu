@@ -17,11 +17,11 @@
 // rounded values, so forward and backward see the same x.
 //
 // Two variants (KernelVariants::packed_layernorm picks; the scalar one is also the fallback):
-//   scalar  lane l owns columns l, l + 32, ...; 2-byte loads; a Philox call per element (4x the
+//   scalar  lane l owns columns l, l + 32, ...; 2-byte loads; a Philox call per element (8x the
 //           needed work); gamma/beta sums by column_reduce, which re-reads dout and x.
 //   packed  lane l owns 16-byte packs l, l + 32, ... (8 bf16/fp16 or 4 fp32 columns each; needs
-//           C % pack == 0 and 16-byte aligned pointers); one Philox call per four elements (the
-//           pack starts at a multiple of 4, so philox.h's word e % 4 is the pack's j-th word);
+//           C % pack == 0 and 16-byte aligned pointers); one Philox call per eight elements (a bf16/fp16
+//           pack starts at a multiple of 8: one call's eight 16-bit uniforms, philox.h);
 //           the backward block owns up to kColumnReduceChunk rows (backward_rows_per_block: the
 //           rows spread evenly over the resident blocks; 8 warps, rows w, w + 8, ...), keeps
 //           per-warp g * xhat and g column sums in shared memory across its rows, adds the 8
