@@ -207,6 +207,10 @@ class CudaBackend final : public Backend {
         plan_.attn_ds_bytes !=
             cu::flash_attention_ds_elements(max_rows, max_seq_len, config_.num_attention_heads) * plan_.activation_bytes)
       throw std::logic_error("device memory plan: the attention dS buffer size disagrees with the kernel's layout");
+    if (plan_.attn_ds_bytes != 0 &&
+        plan_.att_bias_partials_bytes !=
+            cu::flash_attention_qkv_bias_partial_rows(max_rows, max_seq_len) * 3 * config_.hidden_size * 4)
+      throw std::logic_error("device memory plan: the QKV bias partials size disagrees with the kernel's layout");
     size_t free_bytes = 0, total_bytes = 0;
     CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
     check_device_memory_fits(config_, max_rows, max_seq_len, precision_, free_bytes, fused_available, plan_.shard);

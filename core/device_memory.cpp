@@ -173,8 +173,10 @@ DeviceMemoryPlan plan_device_memory(const BertConfig& config, int max_rows, int 
   plan.att_dropped = p.take(plan.fused_attention ? 0 : scores * act);
   plan.att_ds = p.take(plan.attn_ds_bytes);
   // Where the attention backward sums the QKV bias gradient's partials (the Hopper long-row kernels,
-  // kernels::cuda::flash_attention_qkv_bias_partial_rows: one row per 64 positions of a batch row).
-  plan.att_bias_partials = p.take(plan.attn_ds_bytes ? B * ((S + 63) / 64) * 3 * C * 4 : 0);
+  // kernels::cuda::flash_attention_qkv_bias_partial_rows: one row per 64 positions of a batch row;
+  // the backend checks the two agree).
+  plan.att_bias_partials_bytes = plan.attn_ds_bytes ? B * ((S + 63) / 64) * 3 * C * 4 : 0;
+  plan.att_bias_partials = p.take(plan.att_bias_partials_bytes);
 
   // Column reductions: the widest of LayerNorm's 3C (dgamma, dbeta and the dense layer's bias),
   // the fused QKV bias's 3C and the biases up to I.

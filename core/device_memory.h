@@ -64,6 +64,7 @@ struct DeviceMemoryPlan {
   // One buffer shared by the layers: kernels::cuda::flash_attention_ds_elements x activation bytes,
   // or 0 with LLMQS_ATTENTION_DQ=recompute (dQ by a kernel that recomputes S and P instead).
   size_t attn_ds_bytes = 0;
+  size_t att_bias_partials_bytes = 0;
 
   size_t arena_bytes = 0;     // one cudaMalloc of this size
   size_t overhead_bytes = 0;  // CUDA context, cuBLASLt handle, NCCL buffers (an allowance)

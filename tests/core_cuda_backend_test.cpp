@@ -632,6 +632,10 @@ TEST(DeviceMemoryPlan, GrowsWithTheBatchAndShrinksWithHalfPrecision) {
   EXPECT_EQ(plan.layers.size(), 12u);
   EXPECT_EQ(plan.params_low - plan.adam_v, params * 4 + (256 - params * 4 % 256) % 256);
   EXPECT_EQ(plan.arena_bytes % 256, 0u);
+  // The attention scratch is sized in the kernels' layouts (the backend refuses a plan that is not).
+  EXPECT_EQ(plan.attn_ds_bytes, llmqs::kernels::cuda::flash_attention_ds_elements(16, 512, 12) * 2);
+  EXPECT_EQ(plan.att_bias_partials_bytes,
+            llmqs::kernels::cuda::flash_attention_qkv_bias_partial_rows(16, 512) * 3 * 768 * 4);
 }
 
 // ZeRO-1 divides the moments' 8 bytes per parameter by the ranks and pads the rest a little.
